@@ -1,0 +1,219 @@
+"""Command line: ``simclrv2 {pretrain,finetune,distill,supervised,evaluate,pipeline} ...``.
+
+Configuration comes from a preset (``--preset``), then a YAML file (``--config``), then ``key=value``
+overrides; a stage that starts from a checkpoint starts from the config saved in it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from simclrv2 import checkpoint
+from simclrv2.config import Config, ConfigError, from_dict, load_yaml, merge, parse_overrides, preset, preset_names
+from simclrv2.data.datasets import DATASETS, DataError
+from simclrv2.train.common import NonFiniteLossError, RunDirError
+from simclrv2.train.loop import Interrupted
+
+ERRORS = (ConfigError, DataError, checkpoint.CheckpointError, NonFiniteLossError, RunDirError, Interrupted,
+          FileNotFoundError)
+
+
+def _common(p: argparse.ArgumentParser, out_default: str | None = None) -> None:
+    p.add_argument("--preset", choices=preset_names(), help="named hyperparameter preset")
+    p.add_argument("--config", help="YAML config file (applied after the preset)")
+    p.add_argument("--data", help="dataset path (torchvision root or ImageFolder tree)")
+    p.add_argument("--dataset", choices=DATASETS, help="dataset kind (default: the preset's)")
+    p.add_argument("--download", action="store_true", help="let torchvision download the dataset")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--strict", action="store_true", help="fail on unreadable images instead of skipping them")
+    p.add_argument("--out", required=out_default is None, default=out_default, help="run directory")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from RUN_DIR/last (automatic when it holds a checkpoint of the same config)")
+    p.add_argument("--overwrite", action="store_true", help="replace a run of a different config in --out")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. epochs=10 lr=0.3")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="simclrv2", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pretrain", help="contrastive pretraining without labels")
+    _common(p)
+
+    p = sub.add_parser("finetune", help="fine-tune a pretrained encoder on a labeled subset")
+    p.add_argument("--pretrained", required=True, help="pretrain checkpoint, e.g. RUN_DIR/last")
+    _labels_args(p)
+    _common(p)
+
+    p = sub.add_parser("distill", help="distill a fine-tuned teacher into a student on all images")
+    p.add_argument("--teacher", required=True, help="classifier checkpoint, e.g. RUN_DIR2/best")
+    p.add_argument("--student", help="student encoder (default: the teacher's)")
+    p.add_argument("--student-width", type=float, help="student width multiplier (default: the teacher's)")
+    _labels_args(p)
+    _common(p)
+
+    p = sub.add_parser("supervised", help="supervised baseline from scratch on the labeled subset")
+    _labels_args(p)
+    _common(p)
+
+    p = sub.add_parser("evaluate", help="kNN and linear evaluation (pretrained) or accuracy (classifier)")
+    p.add_argument("--checkpoint", required=True)
+    _common(p, out_default="")
+
+    p = sub.add_parser("pipeline", help="pretrain, then fine-tune, distill and a supervised baseline per label fraction")
+    p.add_argument("--labels", help="comma-separated label fractions, e.g. 0.01,0.1")
+    p.add_argument("--student", help="student encoder for big-to-small distillation")
+    p.add_argument("--student-width", type=float, help="student width multiplier")
+    _common(p, out_default="runs/pipeline")
+    return parser
+
+
+def _labels_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--labels", type=float, help="labeled fraction of the training split, in (0, 1]")
+    g.add_argument("--labels-per-class", type=int, help="labeled images per class")
+    g.add_argument("--labels-file", help="file listing the labeled images, one name per line")
+
+
+def resolve_config(args: argparse.Namespace, stage: str, base: Config | None = None) -> Config:
+    """Preset (or the checkpoint's config), YAML file, flags, overrides; validated."""
+    if args.preset:
+        cfg = preset(args.preset)
+    elif base is not None:
+        cfg = base
+    else:
+        cfg = preset("digits")
+    if args.config:
+        cfg = merge(cfg, load_yaml(args.config), where=args.config)
+    flags: dict[str, Any] = {}
+    if args.data:
+        flags.setdefault("data", {})["path"] = args.data
+        if not args.dataset and not args.preset and cfg.data.dataset == "digits":
+            flags["data"]["dataset"] = "folder"
+    if args.dataset:
+        flags.setdefault("data", {})["dataset"] = args.dataset
+    if args.download:
+        flags.setdefault("data", {})["download"] = True
+    if args.strict:
+        flags.setdefault("data", {})["strict"] = True
+    if args.device:
+        flags["device"] = args.device
+    if getattr(args, "labels", None) is not None:
+        if stage == "pipeline":
+            flags["label_fractions"] = args.labels
+        else:
+            flags.update(labels=args.labels, labels_per_class=None, labels_file=None)
+    if getattr(args, "labels_per_class", None) is not None:
+        flags.update(labels_per_class=args.labels_per_class, labels_file=None)
+    if getattr(args, "labels_file", None):
+        flags["labels_file"] = args.labels_file
+    if getattr(args, "student", None):
+        flags.setdefault("distill", {})["student"] = args.student
+    if getattr(args, "student_width", None) is not None:
+        flags.setdefault("distill", {})["student_width"] = args.student_width
+    cfg = merge(cfg, flags, where="command line")
+    cfg = merge(cfg, parse_overrides(args.overrides, stage), where="override")
+    return cfg.validate()
+
+
+def _checkpoint_config(path: str) -> Config:
+    _, meta = checkpoint.load(path)
+    cfg = from_dict(meta["config"])
+    return cfg
+
+
+def _print_record(title: str, values: dict[str, Any]) -> None:
+    print(title + ": " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
+                                   for k, v in values.items()))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    from simclrv2.data import datasets
+    from simclrv2.eval import knn_predict, linear_eval
+    from simclrv2.models.networks import build_network
+    from simclrv2.train.common import evaluate_classifier, infer, resolve_device, topk_accuracy
+
+    cfg = resolve_config(args, "evaluate", _checkpoint_config(args.checkpoint))
+    tensors, meta = checkpoint.load(args.checkpoint)
+    net = build_network(meta["arch"])
+    checkpoint.load_weights(net, tensors, source=args.checkpoint)
+    device = resolve_device(cfg.device)
+    splits = datasets.load(cfg.data, cfg.workers)
+    if splits.val is None or not splits.classes:
+        raise DataError("evaluation needs labeled data with a validation split")
+    results: dict[str, Any] = {"checkpoint": args.checkpoint, "kind": meta["kind"]}
+    if meta["kind"] == "classifier":
+        results["classifier"] = evaluate_classifier(net.to(device), splits.val.images, splits.val.labels, device, cfg.amp)
+    else:
+        encoder = net.encoder.to(device).eval()
+        train_feats = infer(encoder.forward_features, splits.train.images, device, amp=cfg.amp)
+        val_feats = infer(encoder.forward_features, splits.val.images, device, amp=cfg.amp)
+        scores = knn_predict(train_feats, splits.train.labels, val_feats, len(splits.classes),
+                             cfg.pretrain.knn_k, cfg.pretrain.knn_temperature)
+        results["knn"] = topk_accuracy(scores, splits.val.labels)
+        results["linear"] = topk_accuracy(linear_eval(train_feats, splits.train.labels, val_feats), splits.val.labels)
+    for key in ("classifier", "knn", "linear"):
+        if key in results:
+            _print_record(key, results[key])
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        checkpoint.write_json(out / "evaluation.json", results)
+
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "pretrain":
+            from simclrv2.train import pretrain
+
+            result = pretrain.run(resolve_config(args, "pretrain"), args.out, resume=args.resume,
+                                  overwrite=args.overwrite)
+            print(f"checkpoint: {result['checkpoint']}")
+        elif args.command == "finetune":
+            from simclrv2.train import classifier
+
+            cfg = resolve_config(args, "finetune", _checkpoint_config(args.pretrained))
+            result = classifier.run_finetune(cfg, args.out, args.pretrained, resume=args.resume,
+                                             overwrite=args.overwrite)
+            _print_record("final", result["final"])
+            print(f"checkpoint: {result['checkpoint']}")
+        elif args.command == "distill":
+            from simclrv2.train import distill
+
+            cfg = resolve_config(args, "distill", _checkpoint_config(args.teacher))
+            result = distill.run(cfg, args.out, args.teacher, resume=args.resume, overwrite=args.overwrite)
+            _print_record("final", result["final"])
+            print(f"checkpoint: {result['checkpoint']}")
+        elif args.command == "supervised":
+            from simclrv2.train import classifier
+
+            result = classifier.run_supervised(resolve_config(args, "supervised"), args.out, resume=args.resume,
+                                               overwrite=args.overwrite)
+            _print_record("final", result["final"])
+        elif args.command == "evaluate":
+            cmd_evaluate(args)
+        elif args.command == "pipeline":
+            from simclrv2 import pipeline
+
+            results = pipeline.run(resolve_config(args, "pipeline"), args.out, overwrite=args.overwrite)
+            print(pipeline.results_table(results["rows"]))
+            print(f"results: {Path(args.out) / 'results.json'}, report: {Path(args.out) / 'report.md'}")
+    except ERRORS as e:
+        print(f"simclrv2 {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"simclrv2 {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,376 @@
+"""Typed run configuration: dataclasses, named presets, YAML files and ``key=value`` overrides.
+
+A config has shared sections (``data``, ``model``, ``aug``) and one section per training stage
+(``pretrain``, ``finetune``, ``distill``, ``supervised``). On the command line a flat key such as
+``epochs=100`` goes to the section of the stage being run, then to the shared sections;
+``finetune.epochs=30`` names a section explicitly.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key or value is wrong; the message names it."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "digits"  # digits | cifar10 | cifar100 | stl10 | folder
+    path: str | None = None  # dataset root (torchvision root, or ImageFolder tree)
+    image_size: int = 32  # images are stored and trained at this size
+    val_fraction: float = 0.1  # held out per class when the data has no validation split
+    download: bool = False  # let torchvision download the dataset
+    strict: bool = False  # fail on unreadable images instead of skipping them
+    on_device: bool = True  # keep decoded images on the training device when it is a GPU
+
+
+@dataclass
+class ModelConfig:
+    model: str = "resnet50"
+    width: float = 1.0
+    sk_ratio: float = 0.0
+    cifar_stem: bool = False  # 3x3 stride-1 stem without max-pool, for 32-px images
+    head_layers: int = 3  # projection head depth (SimCLRv2: 3)
+    head_dim: int | None = None  # hidden width of the head (None: encoder feature width)
+    proj_dim: int = 128
+    ft_layer: int = 1  # fine-tune from this head layer (0: encoder output; SimCLRv2: 1)
+
+
+@dataclass
+class AugConfig:
+    color_strength: float = 1.0  # colour-jitter strength s (CIFAR: 0.5)
+    blur: bool | None = None  # Gaussian blur; None: on for images of 96 px and more
+    min_scale: float = 0.08  # smallest crop area fraction of random resized crop
+    backend: str = "batched"  # batched (on the training device) | torchvision (per image, workers)
+
+
+@dataclass
+class OptimConfig:
+    """What every stage trains with."""
+
+    epochs: int = 100
+    batch_size: int = 512
+    lr: float = 0.075  # base learning rate, scaled by ``lr_scaling``
+    lr_scaling: str = "sqrt"  # sqrt: lr * sqrt(batch) | linear: lr * batch / 256 | none
+    warmup_epochs: float = 0.0
+    weight_decay: float = 1e-6
+    optimizer: str = "lars"  # lars | sgd | adamw
+    momentum: float = 0.9
+    trust_coefficient: float = 0.001  # LARS eta
+
+
+@dataclass
+class PretrainConfig(OptimConfig):
+    epochs: int = 100
+    batch_size: int = 512
+    lr: float = 0.075
+    warmup_epochs: float = 10.0
+    weight_decay: float = 1e-4
+    temperature: float = 0.1
+    memory_size: int = 0  # MoCo-style queue of extra negatives (paper: 65536); 0 = off
+    memory_momentum: float = 0.999
+    knn_every: int = 1  # kNN-monitor on the validation split every N epochs (0 = off)
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+
+
+@dataclass
+class FinetuneConfig(OptimConfig):
+    epochs: int = 60
+    batch_size: int = 1024
+    lr: float = 0.005  # x sqrt(1024) = 0.16, the paper's fine-tuning rate
+    weight_decay: float = 0.0
+
+
+@dataclass
+class DistillConfig(OptimConfig):
+    epochs: int = 100
+    batch_size: int = 512
+    lr: float = 0.075
+    warmup_epochs: float = 5.0
+    weight_decay: float = 1e-4
+    temperature: float = 1.0  # tau of the softened teacher and student distributions
+    alpha: float = 1.0  # weight of the distillation term; 1 - alpha weighs the labeled loss
+    student: str | None = None  # student encoder; None: the teacher's (self-distillation)
+    student_width: float | None = None  # None: the teacher's width
+    student_sk_ratio: float | None = None
+
+
+@dataclass
+class SupervisedConfig(OptimConfig):
+    """Baseline trained from scratch on the labeled subset only."""
+
+    epochs: int = 60
+    batch_size: int = 256
+    lr: float = 0.1
+    lr_scaling: str = "linear"
+    optimizer: str = "sgd"
+    warmup_epochs: float = 0.0
+    weight_decay: float = 5e-4
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # bf16 autocast on CUDA (never on CPU)
+    compile: bool = False  # torch.compile the model (CUDA)
+    workers: int = 4  # DataLoader workers of the per-image path and of folder decoding
+    labels: float | None = 0.1  # labeled fraction of the training split
+    labels_per_class: int | None = None  # or a count per class
+    labels_file: str | None = None  # or a file listing labeled images, one per line
+    label_fractions: list[float] = field(default_factory=lambda: [0.01, 0.1])  # pipeline
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    supervised: SupervisedConfig = field(default_factory=SupervisedConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> "Config":
+        """Reject values no run can use, naming the key."""
+        _check(self.data.image_size > 0, "data.image_size must be > 0")
+        _check(0 < self.data.val_fraction < 1, "data.val_fraction must be in (0, 1)")
+        _check(self.model.width > 0, "model.width must be > 0")
+        _check(0 <= self.model.sk_ratio < 1, "model.sk_ratio must be in [0, 1)")
+        _check(self.model.head_layers >= 0, "model.head_layers must be >= 0")
+        _check(0 <= self.model.ft_layer <= self.model.head_layers,
+               f"model.ft_layer must be in [0, head_layers={self.model.head_layers}]")
+        _check(self.aug.color_strength >= 0, "aug.color_strength must be >= 0")
+        _check(0 < self.aug.min_scale <= 1, "aug.min_scale must be in (0, 1]")
+        _check(self.aug.backend in ("batched", "torchvision"), "aug.backend must be batched or torchvision")
+        if self.labels is not None:
+            _check(0 < self.labels <= 1, f"labels={self.labels}: a label fraction must be in (0, 1]")
+        if self.labels_per_class is not None:
+            _check(self.labels_per_class >= 1, "labels_per_class must be >= 1")
+        for f in self.label_fractions:
+            _check(0 < f <= 1, f"label_fractions: {f} is not in (0, 1]")
+        for name in ("pretrain", "finetune", "distill", "supervised"):
+            s: OptimConfig = getattr(self, name)
+            _check(s.epochs >= 0, f"{name}.epochs must be >= 0")
+            _check(s.batch_size >= 1, f"{name}.batch_size must be >= 1 (got {s.batch_size})")
+            _check(s.lr > 0 and math.isfinite(s.lr), f"{name}.lr must be > 0 (got {s.lr})")
+            _check(s.weight_decay >= 0, f"{name}.weight_decay must be >= 0")
+            _check(s.warmup_epochs >= 0, f"{name}.warmup_epochs must be >= 0")
+            _check(s.lr_scaling in ("sqrt", "linear", "none"), f"{name}.lr_scaling must be sqrt, linear or none")
+            _check(s.optimizer in ("lars", "sgd", "adamw"), f"{name}.optimizer must be lars, sgd or adamw")
+        _check(self.pretrain.temperature > 0, f"pretrain.temperature must be > 0 (got {self.pretrain.temperature})")
+        _check(self.pretrain.memory_size >= 0, "pretrain.memory_size must be >= 0")
+        _check(0 <= self.pretrain.memory_momentum < 1, "pretrain.memory_momentum must be in [0, 1)")
+        _check(self.distill.temperature > 0, f"distill.temperature must be > 0 (got {self.distill.temperature})")
+        _check(0 <= self.distill.alpha <= 1, "distill.alpha must be in [0, 1]")
+        return self
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+STAGES = ("pretrain", "finetune", "distill", "supervised")
+SHARED = ("data", "model", "aug")
+
+# Published hyperparameters per scale. ImageNet: SimCLRv2 paper and google-research/simclr
+# (LARS, lr 0.075*sqrt(B), tau 0.1, wd 1e-4, 800 epochs at B=4096, fine-tune lr 0.16 at B=1024).
+# CIFAR-10: the official CIFAR recipe (ResNet-18 CIFAR stem, B=512, tau 0.5, colour strength 0.5,
+# lr 1.0 x B/256). Digits: the embedded default, sized so the whole pipeline runs in minutes on CPU.
+PRESETS: dict[str, dict[str, Any]] = {
+    "imagenet": {
+        "data": {"dataset": "folder", "image_size": 224},
+        "model": {"model": "resnet50", "width": 1.0, "cifar_stem": False},
+        "aug": {"color_strength": 1.0, "blur": True},
+        "pretrain": {"epochs": 800, "batch_size": 4096, "lr": 0.075, "lr_scaling": "sqrt",
+                     "warmup_epochs": 10, "weight_decay": 1e-4, "temperature": 0.1},
+        "finetune": {"epochs": 60, "batch_size": 1024, "lr": 0.005, "lr_scaling": "sqrt",
+                     "weight_decay": 0.0},
+        "distill": {"epochs": 400, "batch_size": 4096, "lr": 0.075, "lr_scaling": "sqrt",
+                    "warmup_epochs": 5, "weight_decay": 1e-4, "temperature": 1.0, "alpha": 1.0},
+        "supervised": {"epochs": 90, "batch_size": 1024, "lr": 0.1, "lr_scaling": "linear",
+                       "optimizer": "sgd", "weight_decay": 1e-4, "warmup_epochs": 5},
+    },
+    "cifar10": {
+        "data": {"dataset": "cifar10", "image_size": 32},
+        "model": {"model": "resnet18", "width": 1.0, "cifar_stem": True},
+        "aug": {"color_strength": 0.5, "blur": False},
+        "pretrain": {"epochs": 800, "batch_size": 512, "lr": 1.0, "lr_scaling": "linear",
+                     "warmup_epochs": 10, "weight_decay": 1e-4, "temperature": 0.5},
+        "finetune": {"epochs": 60, "batch_size": 256, "lr": 0.005, "lr_scaling": "sqrt",
+                     "weight_decay": 0.0},
+        "distill": {"epochs": 100, "batch_size": 512, "lr": 1.0, "lr_scaling": "linear",
+                    "warmup_epochs": 5, "weight_decay": 1e-4, "temperature": 1.0, "alpha": 1.0},
+        "supervised": {"epochs": 60, "batch_size": 256, "lr": 0.1, "lr_scaling": "linear",
+                       "optimizer": "sgd", "weight_decay": 5e-4},
+    },
+    "digits": {
+        "labels": 0.1,
+        "label_fractions": [0.01, 0.1],
+        "data": {"dataset": "digits", "image_size": 16, "val_fraction": 0.2},
+        "model": {"model": "resnet18", "width": 0.25, "cifar_stem": True, "head_layers": 3},
+        "aug": {"color_strength": 0.5, "blur": False, "min_scale": 0.3},
+        "pretrain": {"epochs": 60, "batch_size": 256, "lr": 1.0, "lr_scaling": "linear",
+                     "warmup_epochs": 5, "weight_decay": 1e-4, "temperature": 0.2,
+                     "knn_every": 10, "knn_k": 50},
+        "finetune": {"epochs": 30, "batch_size": 64, "lr": 0.01, "lr_scaling": "sqrt",
+                     "weight_decay": 0.0},
+        "distill": {"epochs": 30, "batch_size": 256, "lr": 1.0, "lr_scaling": "linear",
+                    "warmup_epochs": 3, "weight_decay": 1e-4, "temperature": 1.0, "alpha": 1.0},
+        "supervised": {"epochs": 30, "batch_size": 64, "lr": 0.05, "lr_scaling": "linear",
+                       "optimizer": "sgd", "weight_decay": 5e-4},
+    },
+}
+
+
+def preset_names() -> list[str]:
+    return sorted(PRESETS)
+
+
+def preset(name: str) -> Config:
+    """The named preset as a Config."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(preset_names())}")
+    return merge(Config(), PRESETS[name])
+
+
+def merge(cfg: Config, values: dict[str, Any], where: str = "config") -> Config:
+    """A copy of ``cfg`` with the nested dict ``values`` applied (unknown keys are errors)."""
+    cfg = copy.deepcopy(cfg)
+    _apply(cfg, values, where)
+    return cfg
+
+
+def _apply(obj: Any, values: dict[str, Any], where: str) -> None:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    hints = typing.get_type_hints(type(obj))
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"{where}: unknown key {key!r}; valid keys: {', '.join(fields)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _apply(current, value, f"{where}.{key}")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], f"{where}.{key}"))
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Convert a YAML or command-line value to the field's declared type."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    optional = type(None) in typing.get_args(hint)
+    if isinstance(value, str) and optional and value.lower() in ("none", "null", ""):
+        return None
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{where}: may not be empty")
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return _coerce(value, args[0], where)
+    if origin is list:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], where) for v in items]
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if hint is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        if hint is float:
+            return float(value)
+        if hint is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {value!r} is not a valid {getattr(hint, '__name__', hint)}") from None
+    return value
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path}: expected a mapping at the top level")
+    return values
+
+
+def parse_overrides(items: list[str], stage: str | None = None) -> dict[str, Any]:
+    """Turn ``["epochs=10", "model=resnet50", "finetune.lr=0.1"]`` into a nested dict.
+
+    Flat keys resolve to the stage's section first, then the top level, then the shared sections.
+    """
+    out: dict[str, Any] = {}
+    top = {f.name for f in dataclasses.fields(Config)}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        if "." in key:
+            path = key.split(".")
+        else:
+            path = None
+            sections = ([stage] if stage in STAGES else []) + [None] + list(SHARED)
+            for section in sections:
+                if section is None:
+                    if key in top and key not in STAGES + SHARED:
+                        path = [key]
+                        break
+                elif key in {f.name for f in dataclasses.fields(getattr(Config(), section))}:
+                    path = [section, key]
+                    break
+            if path is None:
+                raise ConfigError(f"unknown config key {key!r} (use section.key, e.g. pretrain.lr; "
+                                  f"sections: {', '.join(SHARED + STAGES)})")
+        node = out
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+        node[path[-1]] = value
+    return out
+
+
+def build_config(preset_name: str | None = None, config_file: str | None = None,
+                 overrides: list[str] | None = None, stage: str | None = None) -> Config:
+    """Preset, then YAML file, then command-line overrides; validated."""
+    cfg = preset(preset_name) if preset_name else Config()
+    if config_file:
+        cfg = merge(cfg, load_yaml(config_file), where=str(config_file))
+    if overrides:
+        cfg = merge(cfg, parse_overrides(overrides, stage), where="override")
+    return cfg.validate()
+
+
+def from_dict(values: dict[str, Any]) -> Config:
+    """Rebuild a Config saved with ``to_dict`` (e.g. from a checkpoint)."""
+    return merge(Config(), values, where="saved config")
+
+
+def save_yaml(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,1 @@
+"""Datasets (decoded once to uint8 tensors), labeled subsets and augmentations."""

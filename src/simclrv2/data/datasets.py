@@ -1,0 +1,261 @@
+"""Datasets decoded once into uint8 tensors ``[N, 3, S, S]`` with integer labels.
+
+Every loader returns a :class:`Splits`: the training images (labeled or not), the held-out
+validation images, and optionally extra unlabeled images (STL-10's unlabeled split, or a flat
+folder). Small datasets fit in memory this way and are augmented batch-wise on the device.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from simclrv2.config import DataConfig
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+DATASETS = ("digits", "cifar10", "cifar100", "stl10", "folder")
+
+
+class DataError(ValueError):
+    """The data cannot be used; the message says why."""
+
+
+@dataclass
+class ImageSet:
+    """Decoded images with labels (-1 = unlabeled) and the file name of each image."""
+
+    images: Tensor  # uint8 [N, 3, S, S]
+    labels: Tensor  # int64 [N]
+    names: list[str]
+    classes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def subset(self, index: Tensor | list[int]) -> "ImageSet":
+        index = torch.as_tensor(index, dtype=torch.long)
+        return ImageSet(self.images[index], self.labels[index], [self.names[i] for i in index.tolist()],
+                        self.classes)
+
+
+@dataclass
+class Splits:
+    train: ImageSet  # training split; its labels are what labeled subsets are drawn from
+    val: ImageSet | None  # held-out evaluation split
+    unlabeled: ImageSet | None = None  # extra images without labels (pretraining/distillation only)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.train.classes
+
+    def pretrain_images(self) -> Tensor:
+        """Every image that may be used without labels."""
+        if self.unlabeled is None:
+            return self.train.images
+        return torch.cat([self.train.images, self.unlabeled.images])
+
+
+def load(cfg: DataConfig, workers: int = 4) -> Splits:
+    """Load the dataset ``cfg.dataset`` resized to ``cfg.image_size``."""
+    name = cfg.dataset
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if name == "digits":
+        splits = _digits(cfg)
+    elif name in ("cifar10", "cifar100"):
+        splits = _cifar(cfg, name)
+    elif name == "stl10":
+        splits = _stl10(cfg)
+    else:
+        splits = _folder(cfg, workers)
+    for part in (splits.train, splits.val, splits.unlabeled):
+        if part is not None and part.images.shape[-1] != cfg.image_size:
+            part.images = resize_uint8(part.images, cfg.image_size)
+    return splits
+
+
+def resize_uint8(images: Tensor, size: int) -> Tensor:
+    """Resize a uint8 batch to ``size`` x ``size`` (bilinear, antialiased when shrinking)."""
+    out = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False,
+                        antialias=size < images.shape[-1])
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _hwc_to_tensor(array: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).contiguous()
+
+
+def _split_by_class(labels: np.ndarray, val_fraction: float, order: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic per-class hold-out: the last ``val_fraction`` of each class (in ``order``)."""
+    order = np.arange(len(labels)) if order is None else order
+    train, val = [], []
+    for c in np.unique(labels):
+        members = order[labels[order] == c]
+        n_val = int(round(len(members) * val_fraction))
+        train.extend(members[: len(members) - n_val])
+        val.extend(members[len(members) - n_val:])
+    return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(val, dtype=np.int64))
+
+
+def _digits(cfg: DataConfig) -> Splits:
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images): offline, no download."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    pixels = (bunch.images / 16.0 * 255.0).round().astype(np.uint8)  # [N, 8, 8], 17 grey levels
+    images = torch.from_numpy(pixels)[:, None].expand(-1, 3, -1, -1).contiguous()
+    labels = bunch.target.astype(np.int64)
+    # A fixed shuffle before the hold-out: the file is ordered by writer.
+    order = np.random.default_rng(0).permutation(len(labels))
+    train_idx, val_idx = _split_by_class(labels, cfg.val_fraction, order)
+    names = [f"digit_{i:04d}" for i in range(len(labels))]
+    classes = [str(c) for c in range(10)]
+    full = ImageSet(images, torch.from_numpy(labels), names, classes)
+    return Splits(full.subset(train_idx.tolist()), full.subset(val_idx.tolist()))
+
+
+def _require_path(cfg: DataConfig) -> Path:
+    if not cfg.path:
+        raise DataError(f"dataset {cfg.dataset!r} needs a path: --data PATH")
+    path = Path(cfg.path).expanduser()
+    if not path.exists() and not cfg.download:
+        raise DataError(f"data path does not exist: {path}")
+    return path
+
+
+def _cifar(cfg: DataConfig, name: str) -> Splits:
+    """CIFAR-10/100 from torchvision's files (train = 50,000 training images, val = the test split)."""
+    from torchvision import datasets
+
+    root = _require_path(cfg)
+    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    try:
+        train = cls(str(root), train=True, download=cfg.download)
+        test = cls(str(root), train=False, download=cfg.download)
+    except RuntimeError as e:
+        raise DataError(f"{name} not found under {root} ({e}); pass --download to fetch it, or use "
+                        f"dataset=folder for an ImageFolder copy") from None
+
+    def to_set(ds, split: str) -> ImageSet:
+        labels = torch.tensor(ds.targets, dtype=torch.long)
+        return ImageSet(_hwc_to_tensor(ds.data), labels, [f"{split}_{i:05d}" for i in range(len(labels))],
+                        list(ds.classes))
+
+    return Splits(to_set(train, "train"), to_set(test, "test"))
+
+
+def _stl10(cfg: DataConfig) -> Splits:
+    """STL-10: 5,000 labeled training images, 8,000 test images, 100,000 unlabeled (96 px)."""
+    from torchvision import datasets
+
+    root = _require_path(cfg)
+    try:
+        parts = {s: datasets.STL10(str(root), split=s, download=cfg.download) for s in ("train", "test", "unlabeled")}
+    except RuntimeError as e:
+        raise DataError(f"stl10 not found under {root} ({e}); pass --download to fetch it") from None
+    classes = list(parts["train"].classes)
+
+    def to_set(ds, split: str) -> ImageSet:
+        labels = torch.as_tensor(ds.labels, dtype=torch.long).clamp(min=-1)
+        return ImageSet(torch.from_numpy(ds.data), labels, [f"{split}_{i:06d}" for i in range(len(labels))], classes)
+
+    return Splits(to_set(parts["train"], "train"), to_set(parts["test"], "test"), to_set(parts["unlabeled"], "unlabeled"))
+
+
+def list_images(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def _folder(cfg: DataConfig, workers: int) -> Splits:
+    """An ImageFolder tree (``root/<class>/<image>``), or ``root/train`` + ``root/val`` trees, or a
+    flat folder of unlabeled images. Without a ``val`` tree, the last ``val_fraction`` of each
+    class's files in sorted order is held out (CIFAR-10 JPEG: files 4500..4999 of each class)."""
+    root = _require_path(cfg)
+    if not root.is_dir():
+        raise DataError(f"data path is not a folder: {root}")
+    if (root / "train").is_dir():
+        train = _read_tree(root / "train", cfg, workers)
+        val_dir = next((root / d for d in ("val", "validation", "test") if (root / d).is_dir()), None)
+        if val_dir is not None:
+            val = _read_tree(val_dir, cfg, workers, classes=train.classes)
+            return Splits(train, val)
+    else:
+        train = _read_tree(root, cfg, workers)
+    if not train.classes:
+        return Splits(ImageSet(train.images[:0], train.labels[:0], [], []), None, train)
+    order = np.argsort(np.array(train.names), kind="stable")
+    train_idx, val_idx = _split_by_class(train.labels.numpy(), cfg.val_fraction, order)
+    return Splits(train.subset(train_idx.tolist()), train.subset(val_idx.tolist()))
+
+
+def _read_tree(root: Path, cfg: DataConfig, workers: int, classes: list[str] | None = None) -> ImageSet:
+    class_dirs = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    files = list_images(root)
+    if not files:
+        raise DataError(f"no images found under {root} (extensions: {', '.join(IMAGE_EXTENSIONS)})")
+    if class_dirs and all(f.parent != root for f in files):
+        classes = classes or class_dirs
+        index = {c: i for i, c in enumerate(classes)}
+        labels = []
+        for f in files:
+            top = f.relative_to(root).parts[0]
+            if top not in index:
+                raise DataError(f"class folder {top!r} in {root} is not among the training classes")
+            labels.append(index[top])
+    else:
+        classes, labels = [], [-1] * len(files)
+    images, ok = decode_images(files, cfg.image_size, workers)
+    bad = [str(f) for f, good in zip(files, ok) if not good]
+    if bad:
+        if cfg.strict:
+            raise DataError(f"{len(bad)} unreadable image(s) under {root}, e.g. {', '.join(bad[:3])}")
+        log.warning("skipped %d unreadable image(s) under %s, e.g. %s", len(bad), root, ", ".join(bad[:3]))
+    keep = [i for i, good in enumerate(ok) if good]
+    if not keep:
+        raise DataError(f"none of the {len(files)} images under {root} could be read")
+    names = [str(files[i].relative_to(root)) for i in keep]
+    return ImageSet(images[keep], torch.tensor([labels[i] for i in keep], dtype=torch.long), names, classes)
+
+
+def decode_images(files: list[Path], size: int, workers: int = 4) -> tuple[Tensor, list[bool]]:
+    """Decode files to RGB uint8 ``[N, 3, size, size]`` (short side resized, centre-cropped).
+
+    Images of any mode (greyscale, palette, RGBA) are converted to RGB. Unreadable files leave a
+    zero image and ``False`` in the returned mask.
+    """
+    out = torch.zeros(len(files), 3, size, size, dtype=torch.uint8)
+    ok = [False] * len(files)
+
+    def work(i: int) -> None:
+        from PIL import Image
+
+        try:
+            with Image.open(files[i]) as im:
+                im = im.convert("RGB")
+                if im.size != (size, size):
+                    w, h = im.size
+                    scale = size / min(w, h)
+                    im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+                    left, top = (im.size[0] - size) // 2, (im.size[1] - size) // 2
+                    im = im.crop((left, top, left + size, top + size))
+                out[i] = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+                ok[i] = True
+        except (OSError, ValueError, SyntaxError):
+            pass
+
+    threads = max(1, min(workers, os.cpu_count() or 1) * 2)
+    chunk = max(1, len(files) // (threads * 8))
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(work, range(len(files)), chunksize=chunk))
+    return out, ok

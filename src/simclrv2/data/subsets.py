@@ -1,0 +1,84 @@
+"""Choosing the labeled images: by fraction, by count per class, or from a list of file names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from simclrv2.data.datasets import DataError
+
+
+def by_fraction(labels: Tensor, fraction: float, seed: int = 0) -> Tensor:
+    """Class-balanced indices of about ``fraction`` of the images, at least one per class.
+
+    Deterministic for a seed: each class keeps ``max(1, round(fraction * n_c))`` images drawn
+    without replacement.
+    """
+    if not 0 < fraction <= 1:
+        raise DataError(f"label fraction {fraction} is outside (0, 1]")
+    counts = _class_members(labels)
+    rng = np.random.default_rng(seed)
+    chosen = [rng.choice(m, size=max(1, int(round(fraction * len(m)))), replace=False) for m in counts.values()]
+    return torch.from_numpy(np.sort(np.concatenate(chosen)))
+
+
+def by_count(labels: Tensor, per_class: int, seed: int = 0) -> Tensor:
+    """``per_class`` images of every class, drawn deterministically for a seed."""
+    if per_class < 1:
+        raise DataError(f"labels per class must be >= 1, got {per_class}")
+    members = _class_members(labels)
+    small = {c: len(m) for c, m in members.items() if len(m) < per_class}
+    if small:
+        c, n = next(iter(small.items()))
+        raise DataError(f"{per_class} labels per class asked, but class {c} has only {n} images "
+                        f"({len(small)} class(es) are too small)")
+    rng = np.random.default_rng(seed)
+    chosen = [rng.choice(m, size=per_class, replace=False) for m in members.values()]
+    return torch.from_numpy(np.sort(np.concatenate(chosen)))
+
+
+def from_file(names: list[str], path: str | Path) -> Tensor:
+    """Indices of the images whose file names are listed in ``path`` (one per line).
+
+    A line matches an image by its base name (``n01440764_10026.JPEG`` as in the ImageNet subset
+    files published with SimCLR) or by its path relative to the dataset root.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"label file not found: {path}")
+    wanted = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not wanted:
+        raise DataError(f"label file {path} lists no images")
+    index: dict[str, int] = {}
+    for i, name in enumerate(names):
+        index.setdefault(name, i)
+        index.setdefault(Path(name).name, i)
+    missing = [w for w in wanted if w not in index]
+    if missing:
+        raise DataError(f"{len(missing)} of {len(wanted)} names in {path} are not in the dataset, "
+                        f"e.g. {', '.join(missing[:5])}")
+    return torch.tensor(sorted({index[w] for w in wanted}), dtype=torch.long)
+
+
+def check_covers_classes(labels: Tensor, chosen: Tensor, classes: list[str]) -> None:
+    """Every class must have at least one labeled image."""
+    present = set(labels[chosen].tolist())
+    absent = [classes[c] if c < len(classes) else str(c) for c in range(len(classes)) if c not in present]
+    if absent:
+        raise DataError(f"{len(absent)} class(es) have no labeled image: {', '.join(absent[:5])}")
+
+
+def save_list(names: list[str], chosen: Tensor, path: str | Path) -> None:
+    """Write the chosen file names, one per line, so the subset can be reused with ``labels_file``."""
+    Path(path).write_text("".join(names[i] + "\n" for i in chosen.tolist()))
+
+
+def _class_members(labels: Tensor) -> dict[int, np.ndarray]:
+    y = labels.numpy()
+    classes = sorted(set(y.tolist()) - {-1})
+    if not classes:
+        raise DataError("the training split has no labeled images to choose from")
+    return {c: np.flatnonzero(y == c) for c in classes}

@@ -1,0 +1,65 @@
+"""Binds a stage's augmentation settings and random generator into one callable on uint8 batches."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from simclrv2.config import Config
+from simclrv2.data import gpu_augment
+
+
+class ViewMaker:
+    """``views(x_uint8) -> float [B, 3, size, size]`` in [0, 1], random per image, on ``x``'s device.
+
+    ``kind`` is ``simclr`` (the full SimCLR view), ``crop_flip`` (fine-tuning, distillation) or
+    ``none`` (evaluation). The ``torchvision`` backend applies the per-image reference transforms
+    one image at a time, for comparison; ``batched`` (the default) augments the whole batch at once.
+    """
+
+    def __init__(self, kind: str, size: int, strength: float = 1.0, blur: bool | None = None,
+                 min_scale: float = 0.08, backend: str = "batched", seed: int = 0,
+                 device: torch.device | str = "cpu") -> None:
+        if kind not in ("simclr", "crop_flip", "none"):
+            raise ValueError(f"unknown augmentation kind {kind!r}")
+        self.kind, self.size, self.strength, self.blur, self.min_scale = kind, size, strength, blur, min_scale
+        self.backend = backend
+        device = torch.device(device)
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.channels_last = device.type == "cuda"
+        self._per_image = None
+        if backend == "torchvision":
+            from simclrv2.data import augment
+
+            torch.manual_seed(seed)
+            self._per_image = {
+                "simclr": lambda: augment.simclr_transform(size, strength, blur, min_scale),
+                "crop_flip": lambda: augment.finetune_transform(size, min_scale),
+                "none": lambda: augment.eval_transform(size),
+            }[kind]()
+
+    @classmethod
+    def for_pretraining(cls, cfg: Config, device: torch.device, seed_offset: int = 1) -> "ViewMaker":
+        a = cfg.aug
+        return cls("simclr", cfg.data.image_size, a.color_strength, a.blur, a.min_scale, a.backend,
+                   cfg.seed + seed_offset, device)
+
+    @classmethod
+    def for_finetuning(cls, cfg: Config, device: torch.device, seed_offset: int = 2) -> "ViewMaker":
+        a = cfg.aug
+        return cls("crop_flip", cfg.data.image_size, min_scale=a.min_scale, backend=a.backend,
+                   seed=cfg.seed + seed_offset, device=device)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self._per_image is not None:
+            out = torch.stack([self._per_image(img.cpu()) for img in x]).to(x.device)
+        elif self.kind == "simclr":
+            out = gpu_augment.simclr_views(x, self.size, strength=self.strength, blur=self.blur,
+                                           min_scale=self.min_scale, generator=self.generator)
+        elif self.kind == "crop_flip":
+            out = gpu_augment.crop_flip(x, self.size, min_scale=self.min_scale, generator=self.generator)
+        else:
+            out = gpu_augment.to_float(x, self.size)
+        if self.channels_last:
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out

@@ -1,0 +1,7 @@
+"""Optimizers and learning-rate schedules."""
+
+from simclrv2.optim.build import build_optimizer, param_groups
+from simclrv2.optim.lars import LARS
+from simclrv2.optim.schedule import lr_at, scaled_lr
+
+__all__ = ["LARS", "build_optimizer", "param_groups", "lr_at", "scaled_lr"]

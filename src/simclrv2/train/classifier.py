@@ -1,0 +1,134 @@
+"""Stage 2, fine-tuning on the labeled subset, and the supervised baseline trained from scratch.
+
+Both train a classifier with cross entropy on crop + flip views of the labeled images, evaluate on
+the validation split after every epoch, and keep ``best`` (by top-1) and ``last`` checkpoints.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from simclrv2 import checkpoint
+from simclrv2.config import Config, OptimConfig
+from simclrv2.data import datasets, subsets
+from simclrv2.data.views import ViewMaker
+from simclrv2.models.networks import arch_of, build_network, classifier_from
+from simclrv2.train.common import (autocast, count_params, evaluate_classifier, make_stepper, open_run_dir,
+                                   prepare_model, resolve_device, seed_everything, setup_backend, steps_per_epoch)
+from simclrv2.train.loop import Stage, fit
+
+
+def select_labeled(cfg: Config, train: datasets.ImageSet) -> Tensor:
+    """Indices of the labeled training images, as the config asks (file, count per class, or fraction)."""
+    if cfg.labels_file:
+        chosen = subsets.from_file(train.names, cfg.labels_file)
+    elif cfg.labels_per_class is not None:
+        chosen = subsets.by_count(train.labels, cfg.labels_per_class, cfg.seed)
+    else:
+        chosen = subsets.by_fraction(train.labels, cfg.labels if cfg.labels is not None else 1.0, cfg.seed)
+    subsets.check_covers_classes(train.labels, chosen, train.classes)
+    return chosen
+
+
+def labeled_subset(cfg: Config, splits: datasets.Splits, out: Path) -> datasets.ImageSet:
+    """Choose the labeled images and record their names in ``out/labeled.txt`` for exact repeats."""
+    if not splits.classes:
+        raise datasets.DataError("the data has no class labels: fine-tuning needs an ImageFolder with class folders")
+    chosen = select_labeled(cfg, splits.train)
+    subsets.save_list(splits.train.names, chosen, out / "labeled.txt")
+    return splits.train.subset(chosen)
+
+
+def train_classifier(model: nn.Module, net: nn.Module, labeled: datasets.ImageSet, val: datasets.ImageSet | None,
+                     section: OptimConfig, cfg: Config, out: Path, stage_name: str, meta: dict[str, Any],
+                     device: torch.device, order: torch.Generator, resume: bool = False,
+                     show_progress: bool = True) -> dict[str, Any]:
+    """Cross-entropy training of ``model`` (``net`` unwrapped) on ``labeled``; best/last checkpoints."""
+    images = labeled.images.to(device) if device.type == "cuda" else labeled.images
+    labels = labeled.labels.to(device)
+    n = len(labeled)
+    batch = min(section.batch_size, n)
+    stepper = make_stepper(model, section, steps_per_epoch(n, batch, drop_last=False), batch, device)
+    views = ViewMaker.for_finetuning(cfg, device)
+    stage = Stage(stage_name, out, net, stepper, meta, n, batch, section.epochs, drop_last=False, order=order,
+                  generators={"augment": views.generator})
+
+    def loss_of(idx: Tensor) -> Tensor:
+        idx = idx.to(images.device)
+        with autocast(device, cfg.amp):
+            logits = model(views(images[idx].to(device, non_blocking=True)))
+        return F.cross_entropy(logits.float(), labels[idx.to(labels.device)])
+
+    def evaluate(epoch: int) -> dict[str, float]:
+        if val is None:
+            return {}
+        metrics = evaluate_classifier(model, val.images, val.labels, device, cfg.amp)
+        return {f"val_{k}": v for k, v in metrics.items()}
+
+    result = fit(stage, loss_of, evaluate, resume=resume, show_progress=show_progress)
+    return {**result, "checkpoint": str(out / "best"), "params": count_params(net)}
+
+
+def _setup(cfg: Config, out_dir: str | Path, splits: datasets.Splits | None, overwrite: bool):
+    out, found = open_run_dir(out_dir, cfg, overwrite)
+    device = resolve_device(cfg.device)
+    setup_backend(device)
+    order = seed_everything(cfg.seed)
+    splits = splits or datasets.load(cfg.data, cfg.workers)
+    return out, found, device, order, splits
+
+
+def run_finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path, splits: datasets.Splits | None = None,
+                 show_progress: bool = True, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Fine-tune a pretrained encoder + first ``model.ft_layer`` head layers with a new linear classifier."""
+    cfg = copy.deepcopy(cfg)
+    tensors, source_meta = checkpoint.load(pretrained)
+    if source_meta.get("kind") != "pretrain":
+        raise checkpoint.CheckpointError(f"{pretrained} is a {source_meta.get('kind')!r} checkpoint; "
+                                         f"fine-tuning starts from a pretrain checkpoint")
+    arch = dict(source_meta["arch"])
+    for key in ("model", "width", "sk_ratio", "cifar_stem", "head_layers", "head_dim", "proj_dim"):
+        setattr(cfg.model, key, arch[key])  # the checkpoint decides the architecture
+    cfg.validate()
+    out, found, device, order, splits = _setup(cfg, out_dir, splits, overwrite)
+    labeled = labeled_subset(cfg, splits, out)
+    pretrained_net = build_network(arch)
+    checkpoint.load_weights(pretrained_net, tensors, source=f"pretrained checkpoint {pretrained}")
+    net = classifier_from(pretrained_net, cfg.model.ft_layer, len(splits.classes))
+    model = prepare_model(net, device, cfg.compile)
+    meta = {"stage": "finetune", "kind": "classifier", "config": cfg.to_dict(), "classes": splits.classes,
+            "arch": arch_of(cfg.model, len(splits.classes), cfg.model.ft_layer), "image_size": cfg.data.image_size,
+            "pretrained": str(pretrained), "labeled": len(labeled), "params": count_params(net)}
+    return train_classifier(model, net, labeled, splits.val, cfg.finetune, cfg, out, "finetune", meta, device,
+                            order, resume or found, show_progress)
+
+
+def run_supervised(cfg: Config, out_dir: str | Path, splits: datasets.Splits | None = None,
+                   show_progress: bool = True, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """The baseline: the same encoder (+ linear classifier) from random init on the labeled subset only."""
+    cfg = copy.deepcopy(cfg)
+    out, found, device, order, splits = _setup(cfg, out_dir, splits, overwrite)
+    labeled = labeled_subset(cfg, splits, out)
+    arch = arch_of(cfg.model, len(splits.classes), 0)
+    net = build_network(arch)
+    model = prepare_model(net, device, cfg.compile)
+    meta = {"stage": "supervised", "kind": "classifier", "config": cfg.to_dict(), "classes": splits.classes,
+            "arch": arch, "image_size": cfg.data.image_size, "labeled": len(labeled), "params": count_params(net)}
+    return train_classifier(model, net, labeled, splits.val, cfg.supervised, cfg, out, "supervised", meta, device,
+                            order, resume or found, show_progress)
+
+
+def load_classifier(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """A classifier checkpoint (fine-tuned, distilled or supervised) as a network in eval mode."""
+    tensors, meta = checkpoint.load(path)
+    if meta.get("kind") != "classifier":
+        raise checkpoint.CheckpointError(f"{path} is a {meta.get('kind')!r} checkpoint, not a classifier")
+    net = build_network(meta["arch"])
+    checkpoint.load_weights(net, tensors, source=f"checkpoint {path}")
+    return net.eval(), meta

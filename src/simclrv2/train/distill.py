@@ -1,0 +1,109 @@
+"""Stage 3: distill a frozen fine-tuned teacher into a student on all images, labeled or not."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from simclrv2.config import Config
+from simclrv2.data import datasets, subsets
+from simclrv2.data.views import ViewMaker
+from simclrv2.losses import distill_loss
+from simclrv2.models.networks import arch_of, build_network
+from simclrv2.train.classifier import labeled_subset, load_classifier
+from simclrv2.train.common import (autocast, count_params, evaluate_classifier, make_stepper, open_run_dir,
+                                   prepare_model, resolve_device, seed_everything, setup_backend, steps_per_epoch)
+from simclrv2.train.loop import Stage, fit
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode (BatchNorm uses its running statistics) and no gradients: the teacher never changes."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def student_config(cfg: Config, teacher_arch: dict[str, Any]) -> Config:
+    """The student's architecture: the teacher's unless ``distill.student*`` say otherwise."""
+    d = cfg.distill
+    cfg.model.model = d.student or teacher_arch["model"]
+    cfg.model.width = d.student_width if d.student_width is not None else teacher_arch["width"]
+    cfg.model.sk_ratio = d.student_sk_ratio if d.student_sk_ratio is not None else teacher_arch["sk_ratio"]
+    cfg.model.cifar_stem = teacher_arch["cifar_stem"]
+    return cfg
+
+
+def run(cfg: Config, out_dir: str | Path, teacher_path: str | Path, splits: datasets.Splits | None = None,
+        show_progress: bool = True, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Train a student from scratch to match the teacher's softened predictions (plus, when
+    ``distill.alpha < 1``, cross entropy on the labeled images)."""
+    teacher_net, teacher_meta = load_classifier(teacher_path)
+    cfg = student_config(copy.deepcopy(cfg), teacher_meta["arch"])
+    cfg.validate()
+    out, found = open_run_dir(out_dir, cfg, overwrite)
+    device = resolve_device(cfg.device)
+    setup_backend(device)
+    order = seed_everything(cfg.seed)
+    splits = splits or datasets.load(cfg.data, cfg.workers)
+    if splits.classes and splits.classes != teacher_meta["classes"]:
+        raise datasets.DataError(f"the teacher was trained on classes {teacher_meta['classes'][:5]}..., the data "
+                                 f"has {splits.classes[:5]}...")
+    d = cfg.distill
+    images = splits.pretrain_images()
+    labels = torch.full((images.shape[0],), -1, dtype=torch.long)
+    if d.alpha < 1:
+        labeled_idx = _labeled_indices(cfg, splits, out, Path(teacher_path).parent / "labeled.txt")
+        labels[labeled_idx] = splits.train.labels[labeled_idx]
+    if device.type == "cuda" and cfg.data.on_device:
+        images = images.to(device)
+    labels = labels.to(device)
+
+    teacher = freeze(prepare_model(teacher_net, device))
+    arch = arch_of(cfg.model, len(teacher_meta["classes"]), 0)
+    net = build_network(arch)
+    model = prepare_model(net, device, cfg.compile)
+    n = images.shape[0]
+    batch = min(d.batch_size, n)
+    stepper = make_stepper(model, d, steps_per_epoch(n, batch, drop_last=True), batch, device)
+    views = ViewMaker.for_finetuning(cfg, device, seed_offset=3)
+    meta = {"stage": "distill", "kind": "classifier", "config": cfg.to_dict(), "classes": teacher_meta["classes"],
+            "arch": arch, "image_size": cfg.data.image_size, "teacher": str(teacher_path),
+            "params": count_params(net)}
+    if splits.val is not None:
+        meta["teacher_val"] = evaluate_classifier(teacher, splits.val.images, splits.val.labels, device, cfg.amp)
+    stage = Stage("distill", out, net, stepper, meta, n, batch, d.epochs, drop_last=True, order=order,
+                  generators={"augment": views.generator})
+
+    def loss_of(idx: torch.Tensor) -> torch.Tensor:
+        idx = idx.to(images.device)
+        x = views(images[idx].to(device, non_blocking=True))  # one view, seen by teacher and student
+        with torch.no_grad(), autocast(device, cfg.amp):
+            teacher_logits = teacher(x)
+        with autocast(device, cfg.amp):
+            student_logits = model(x)
+        return distill_loss(student_logits, teacher_logits, d.temperature, d.alpha, labels[idx.to(labels.device)])
+
+    def evaluate(epoch: int) -> dict[str, float]:
+        if splits.val is None:
+            return {}
+        metrics = evaluate_classifier(model, splits.val.images, splits.val.labels, device, cfg.amp)
+        return {f"val_{k}": v for k, v in metrics.items()}
+
+    result = fit(stage, loss_of, evaluate, resume=resume or found, show_progress=show_progress)
+    return {**result, "checkpoint": str(out / "best"), "params": count_params(net),
+            "teacher_val": meta.get("teacher_val")}
+
+
+def _labeled_indices(cfg: Config, splits: datasets.Splits, out: Path, teacher_list: Path) -> torch.Tensor:
+    """The labeled subset for the optional labeled term: the config's, else the teacher's own."""
+    if cfg.labels_file is None and teacher_list.is_file():
+        cfg.labels_file = str(teacher_list)
+    if cfg.labels_file:
+        return subsets.from_file(splits.train.names, cfg.labels_file)
+    labeled_subset(cfg, splits, out)
+    return subsets.from_file(splits.train.names, out / "labeled.txt")

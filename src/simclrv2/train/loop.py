@@ -1,0 +1,177 @@
+"""The epoch loop every stage runs: batches, optimizer steps, evaluation, logging, checkpoints, resume.
+
+A stage supplies ``loss_of(batch_indices) -> loss`` and, optionally, ``evaluate(epoch) -> metrics``; the
+loop owns everything else. Checkpoints (``last`` every epoch and on SIGTERM/SIGINT, ``best`` by
+validation top-1) carry the optimizer, the random generators and the position in the epoch, so a
+resumed run continues exactly where the interrupted one stopped.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from simclrv2 import checkpoint
+from simclrv2.train.common import RunLog, Stepper, epoch_batches, progress, steps_per_epoch
+
+
+class Interrupted(RuntimeError):
+    """SIGTERM or SIGINT arrived; a checkpoint was written and the run can be resumed."""
+
+
+@dataclass
+class Stage:
+    """What the loop needs to know about the stage it runs."""
+
+    name: str
+    out: Path
+    net: nn.Module  # the network that is saved (unwrapped)
+    stepper: Stepper
+    meta: dict[str, Any]  # saved in every checkpoint
+    num_items: int  # images per epoch (global)
+    batch_size: int  # per optimizer step (this process)
+    epochs: int
+    drop_last: bool
+    order: torch.Generator  # shuffles the epochs
+    generators: dict[str, torch.Generator] = field(default_factory=dict)  # e.g. augmentation
+    stateful: dict[str, Any] = field(default_factory=dict)  # extra objects with state_dict (memory buffer)
+    is_main: bool = True  # rank 0 writes checkpoints, logs and progress
+    shard: Callable[[Tensor], Tensor] | None = None  # this rank's part of a global batch
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return steps_per_epoch(self.num_items, self.batch_size, self.drop_last)
+
+
+class _StopFlag:
+    """Turns SIGTERM/SIGINT into a flag checked between steps (restored on exit)."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopFlag":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _train_state(stage: Stage, epoch: int, batch_in_epoch: int, epoch_order_state: Tensor,
+                 history: list[dict[str, Any]], best: float) -> dict[str, Any]:
+    return {
+        "stepper": stage.stepper.state_dict(),
+        "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+        "order_state": epoch_order_state,
+        "generators": {k: g.get_state() for k, g in stage.generators.items()},
+        "stateful": {k: v.state_dict() for k, v in stage.stateful.items()},
+        "torch_rng": torch.get_rng_state(),
+        "history": history, "best": best,
+    }
+
+
+def resume_from(stage: Stage) -> dict[str, Any] | None:
+    """Load ``out/last`` into the stage if it exists; return its training state (None: fresh start)."""
+    stem = stage.out / "last"
+    if not stem.with_suffix(".safetensors").is_file():
+        return None
+    state = checkpoint.load_train_state(stem)
+    if state is None:
+        return None
+    tensors, _ = checkpoint.load(stem)
+    checkpoint.load_weights(stage.net, tensors, source=f"checkpoint {stem}")
+    stage.stepper.load_state_dict(state["stepper"])
+    for k, g in stage.generators.items():
+        g.set_state(state["generators"][k])
+    for k, v in stage.stateful.items():
+        v.load_state_dict(state["stateful"][k])
+    torch.set_rng_state(state["torch_rng"])
+    return state
+
+
+def fit(stage: Stage, loss_of: Callable[[Tensor], Tensor], evaluate: Callable[[int], dict[str, float]] | None = None,
+        resume: bool = False, show_progress: bool = True, after_step: Callable[[], None] | None = None,
+        ) -> dict[str, Any]:
+    """Train ``stage`` for its epochs; return history, best and final metrics, seconds."""
+    log = RunLog(stage.out, stage.name, enabled=stage.is_main)
+    history: list[dict[str, Any]] = []
+    best, start_epoch, start_batch = float("-inf"), 0, 0
+    state = resume_from(stage) if resume else None
+    if state is not None:
+        history, best = list(state["history"]), float(state["best"])
+        start_epoch, start_batch = int(state["epoch"]), int(state["batch_in_epoch"])
+        stage.order.set_state(state["order_state"])
+        if stage.is_main and show_progress:
+            print(f"{stage.name}: resumed from {stage.out / 'last'} at epoch {start_epoch + 1}, "
+                  f"batch {start_batch}", flush=True)
+    start = time.time()
+    spe = stage.steps_per_epoch
+    with _StopFlag() as stop:
+        for epoch in range(start_epoch, stage.epochs):
+            order_state = stage.order.get_state()
+            batches = epoch_batches(stage.num_items, stage.batch_size, stage.order, stage.drop_last)
+            bar = progress(spe, f"{stage.name} {epoch + 1}/{stage.epochs}", show_progress and stage.is_main)
+            bar.update(start_batch)
+            t0, loss_sum, seen = time.time(), 0.0, 0
+            lr = stage.stepper.lr
+            for i in range(start_batch, len(batches)):
+                idx = batches[i] if stage.shard is None else stage.shard(batches[i])
+                lr = stage.stepper.lr
+                loss_sum += stage.stepper.step(loss_of(idx))
+                if after_step is not None:
+                    after_step()
+                seen += len(batches[i])
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_sum / (i + 1 - start_batch):.3f}", lr=f"{lr:.3g}",
+                                img_s=f"{seen / (time.time() - t0):.0f}")
+                if stop.signal is not None:
+                    bar.close()
+                    if stage.is_main:
+                        checkpoint.save(stage.out / "last", stage.net,
+                                        {**stage.meta, "epoch": epoch, "interrupted": True},
+                                        _train_state(stage, epoch, i + 1, order_state, history, best))
+                    raise Interrupted(f"{stage.name} stopped by signal {stop.signal} at epoch {epoch + 1}, "
+                                      f"batch {i + 1}; resume with --resume")
+            bar.close()
+            steps_run = len(batches) - start_batch
+            start_batch = 0
+            record: dict[str, Any] = {"epoch": epoch + 1, "step": stage.stepper.step_count,
+                                      "loss": loss_sum / max(steps_run, 1), "lr": lr,
+                                      "images_per_s": seen / max(time.time() - t0, 1e-9)}
+            if evaluate is not None:
+                record.update(evaluate(epoch + 1))
+            history.append(record)
+            log.write(**record)
+            if stage.is_main and show_progress:
+                print(f"{stage.name} " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                                 for k, v in record.items()), flush=True)
+            score = record.get("val_top1", float("-inf"))
+            improved = score > best
+            best = max(best, score)
+            if stage.is_main:
+                meta = {**stage.meta, "epoch": epoch + 1, "metrics": record}
+                if improved:
+                    checkpoint.save(stage.out / "best", stage.net, meta)
+                checkpoint.save(stage.out / "last", stage.net, meta,
+                                _train_state(stage, epoch + 1, 0, stage.order.get_state(), history, best))
+    if stage.epochs == 0 and stage.is_main:
+        checkpoint.save(stage.out / "last", stage.net, {**stage.meta, "epoch": 0, "metrics": {}})
+    best_record = max(history, key=lambda r: r.get("val_top1", float("-inf"))) if history else {}
+    return {"history": history, "best": best_record, "final": history[-1] if history else {},
+            "seconds": time.time() - start}

@@ -1,0 +1,30 @@
+"""Shared fixtures: small image folders written by the tests themselves, and threads for 2-core CI."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-train-jpeg.tar.gz"
+
+
+def write_image_folder(root: Path, classes=("cat", "dog", "frog"), per_class=10, size=12, seed=0) -> Path:
+    """An ImageFolder tree of small random PNG/JPEG images: root/<class>/<NNNN>.png."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c_i, c in enumerate(classes):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            base = np.full((size, size, 3), 40 + 70 * c_i, dtype=np.uint8)
+            pixels = np.clip(base + rng.integers(0, 60, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / c / f"{i:04d}.{'png' if i % 2 else 'jpg'}")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    return write_image_folder(tmp_path / "images")
