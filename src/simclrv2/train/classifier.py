@@ -19,8 +19,9 @@ from simclrv2.config import Config, OptimConfig
 from simclrv2.data import datasets, subsets
 from simclrv2.data.views import ViewMaker
 from simclrv2.models.networks import arch_of, build_network, classifier_from
-from simclrv2.train.common import (autocast, count_params, evaluate_classifier, make_stepper, open_run_dir,
-                                   prepare_model, resolve_device, seed_everything, setup_backend, steps_per_epoch)
+from simclrv2 import distributed
+from simclrv2.train.common import (Runtime, autocast, count_params, evaluate_classifier, make_stepper, open_run_dir,
+                                   start, steps_per_epoch)
 from simclrv2.train.loop import Stage, fit
 
 
@@ -47,17 +48,18 @@ def labeled_subset(cfg: Config, splits: datasets.Splits, out: Path) -> datasets.
 
 def train_classifier(model: nn.Module, net: nn.Module, labeled: datasets.ImageSet, val: datasets.ImageSet | None,
                      section: OptimConfig, cfg: Config, out: Path, stage_name: str, meta: dict[str, Any],
-                     device: torch.device, order: torch.Generator, resume: bool = False,
-                     show_progress: bool = True) -> dict[str, Any]:
+                     rt: Runtime, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
     """Cross-entropy training of ``model`` (``net`` unwrapped) on ``labeled``; best/last checkpoints."""
+    device = rt.device
     images = labeled.images.to(device) if device.type == "cuda" else labeled.images
     labels = labeled.labels.to(device)
     n = len(labeled)
-    batch = min(section.batch_size, n)
+    batch = rt.global_batch(section.batch_size, n)
     stepper = make_stepper(model, section, steps_per_epoch(n, batch, drop_last=False), batch, device)
-    views = ViewMaker.for_finetuning(cfg, device)
-    stage = Stage(stage_name, out, net, stepper, meta, n, batch, section.epochs, drop_last=False, order=order,
-                  generators={"augment": views.generator})
+    views = ViewMaker.for_finetuning(cfg, device, seed=rt.rank_seed(2))
+    stage = Stage(stage_name, out, net, stepper, meta, n, batch, section.epochs, drop_last=False, order=rt.order,
+                  generators={"augment": views.generator}, is_main=rt.world.is_main,
+                  shard=distributed.shard(rt.world))
 
     def loss_of(idx: Tensor) -> Tensor:
         idx = idx.to(images.device)
@@ -68,7 +70,7 @@ def train_classifier(model: nn.Module, net: nn.Module, labeled: datasets.ImageSe
     def evaluate(epoch: int) -> dict[str, float]:
         if val is None:
             return {}
-        metrics = evaluate_classifier(model, val.images, val.labels, device, cfg.amp)
+        metrics = evaluate_classifier(net, val.images, val.labels, device, cfg.amp)
         return {f"val_{k}": v for k, v in metrics.items()}
 
     result = fit(stage, loss_of, evaluate, resume=resume, show_progress=show_progress)
@@ -76,12 +78,10 @@ def train_classifier(model: nn.Module, net: nn.Module, labeled: datasets.ImageSe
 
 
 def _setup(cfg: Config, out_dir: str | Path, splits: datasets.Splits | None, overwrite: bool):
-    out, found = open_run_dir(out_dir, cfg, overwrite)
-    device = resolve_device(cfg.device)
-    setup_backend(device)
-    order = seed_everything(cfg.seed)
+    rt = start(cfg)
+    out, found = open_run_dir(out_dir, cfg, overwrite, rt.world.is_main)
     splits = splits or datasets.load(cfg.data, cfg.workers)
-    return out, found, device, order, splits
+    return out, found, rt, splits
 
 
 def run_finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path, splits: datasets.Splits | None = None,
@@ -96,32 +96,32 @@ def run_finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path, split
     for key in ("model", "width", "sk_ratio", "cifar_stem", "head_layers", "head_dim", "proj_dim"):
         setattr(cfg.model, key, arch[key])  # the checkpoint decides the architecture
     cfg.validate()
-    out, found, device, order, splits = _setup(cfg, out_dir, splits, overwrite)
+    out, found, rt, splits = _setup(cfg, out_dir, splits, overwrite)
     labeled = labeled_subset(cfg, splits, out)
     pretrained_net = build_network(arch)
     checkpoint.load_weights(pretrained_net, tensors, source=f"pretrained checkpoint {pretrained}")
     net = classifier_from(pretrained_net, cfg.model.ft_layer, len(splits.classes))
-    model = prepare_model(net, device, cfg.compile)
+    model = rt.wrap(net, cfg.compile)
     meta = {"stage": "finetune", "kind": "classifier", "config": cfg.to_dict(), "classes": splits.classes,
             "arch": arch_of(cfg.model, len(splits.classes), cfg.model.ft_layer), "image_size": cfg.data.image_size,
             "pretrained": str(pretrained), "labeled": len(labeled), "params": count_params(net)}
-    return train_classifier(model, net, labeled, splits.val, cfg.finetune, cfg, out, "finetune", meta, device,
-                            order, resume or found, show_progress)
+    return train_classifier(model, net, labeled, splits.val, cfg.finetune, cfg, out, "finetune", meta, rt,
+                            resume or found, show_progress)
 
 
 def run_supervised(cfg: Config, out_dir: str | Path, splits: datasets.Splits | None = None,
                    show_progress: bool = True, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """The baseline: the same encoder (+ linear classifier) from random init on the labeled subset only."""
     cfg = copy.deepcopy(cfg)
-    out, found, device, order, splits = _setup(cfg, out_dir, splits, overwrite)
+    out, found, rt, splits = _setup(cfg, out_dir, splits, overwrite)
     labeled = labeled_subset(cfg, splits, out)
     arch = arch_of(cfg.model, len(splits.classes), 0)
     net = build_network(arch)
-    model = prepare_model(net, device, cfg.compile)
+    model = rt.wrap(net, cfg.compile)
     meta = {"stage": "supervised", "kind": "classifier", "config": cfg.to_dict(), "classes": splits.classes,
             "arch": arch, "image_size": cfg.data.image_size, "labeled": len(labeled), "params": count_params(net)}
-    return train_classifier(model, net, labeled, splits.val, cfg.supervised, cfg, out, "supervised", meta, device,
-                            order, resume or found, show_progress)
+    return train_classifier(model, net, labeled, splits.val, cfg.supervised, cfg, out, "supervised", meta, rt,
+                            resume or found, show_progress)
 
 
 def load_classifier(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:

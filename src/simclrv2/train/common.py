@@ -9,7 +9,7 @@ import math
 import random
 import sys
 import time
-
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from simclrv2 import distributed
+from simclrv2.checkpoint import atomic_write
 from simclrv2.config import Config, OptimConfig, save_yaml
 from simclrv2.optim import build_optimizer, lr_at, scaled_lr
 
@@ -32,6 +34,40 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} asked for, but CUDA is not available")
     return device
+
+
+@dataclass
+class Runtime:
+    """Where a stage runs: this process's rank in the world, its device, and the epoch order."""
+
+    world: distributed.World
+    device: torch.device
+    order: torch.Generator  # shuffles epochs; seeded alike on every rank
+    seed: int
+
+    def rank_seed(self, offset: int) -> int:
+        """A seed of its own for each rank and purpose (augmentation differs across ranks)."""
+        return self.seed + offset + 1000 * self.world.rank
+
+    def wrap(self, net: nn.Module, compile: bool = False) -> nn.Module:
+        """The network on this device, with global BatchNorm and DDP across ranks, optionally compiled."""
+        return distributed.wrap(prepare_model(net, self.device, compile), self.world, self.device)
+
+    def global_batch(self, batch_size: int, n: int) -> int:
+        """The configured (global) batch, capped at the data size and divisible by the world size."""
+        batch = min(batch_size, n)
+        batch -= batch % self.world.size
+        if batch < self.world.size:
+            raise ValueError(f"{n} images cannot be split over {self.world.size} processes")
+        return batch
+
+
+def start(cfg: Config) -> Runtime:
+    """Join the torchrun process group if there is one, pick the device, seed everything."""
+    world = distributed.init(cfg.device)
+    device = distributed.device_for(world, cfg.device) if world.distributed else resolve_device(cfg.device)
+    setup_backend(device)
+    return Runtime(world, device, seed_everything(cfg.seed), cfg.seed)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -81,7 +117,7 @@ class Stepper:
         return lr_at(self.step_count, self.peak_lr, self.warmup_steps, self.total_steps)
 
     def step(self, loss: Tensor) -> float:
-        value = loss.item()
+        value = distributed.mean(loss.detach()).item()  # every rank sees the same value and stops together
         if not math.isfinite(value):
             raise NonFiniteLossError(f"loss is {value} at step {self.step_count}: stopping (lower the "
                                      f"learning rate?); the last good checkpoint is kept")
@@ -159,6 +195,7 @@ def topk_accuracy(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) 
 
 def evaluate_classifier(model: nn.Module, images: Tensor, labels: Tensor, device: torch.device,
                         amp: bool = True) -> dict[str, float]:
+    """Top-1/top-5 of an (unwrapped) classifier on held-out images; every rank computes the same."""
     was_training = model.training
     model.eval()
     logits = infer(model, images, device, amp=amp)
@@ -202,7 +239,8 @@ class RunDirError(ValueError):
 IGNORED_FOR_RESUME = ("device", "workers")
 
 
-def open_run_dir(out_dir: str | Path, cfg: Config, overwrite: bool = False) -> tuple[Path, bool]:
+def open_run_dir(out_dir: str | Path, cfg: Config, overwrite: bool = False, is_main: bool = True
+                 ) -> tuple[Path, bool]:
     """Create the run directory and save the resolved config in it; say whether to resume.
 
     A directory holding a checkpoint of the same config is resumed; one holding a different config
@@ -221,17 +259,32 @@ def open_run_dir(out_dir: str | Path, cfg: Config, overwrite: bool = False) -> t
             old.pop(key, None)
             new.pop(key, None)
         if old != new:
-            diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+            flat_old, flat_new = _flatten(old), _flatten(new)
+            diff = [k for k in sorted(set(flat_old) | set(flat_new)) if flat_old.get(k) != flat_new.get(k)]
             raise RunDirError(f"{out} holds a run with a different config (differs in: {', '.join(diff)}); "
                               f"choose another --out or pass --overwrite")
         resume = True
-    elif overwrite and out.exists():
+    if not is_main:  # rank 0 prepares the directory; the others only need to know whether to resume
+        distributed.barrier()
+        return out, resume
+    if overwrite and out.exists() and not resume:
         for name in ("last", "best"):
             for suffix in (".safetensors", ".json", ".state.pt"):
                 (out / f"{name}{suffix}").unlink(missing_ok=True)
         (out / "metrics.jsonl").unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    from simclrv2.checkpoint import atomic_write
-
+    for stale in out.glob(".*.tmp"):  # left by a writer that was killed; the files they replace are intact
+        stale.unlink()
     atomic_write(saved, lambda p: save_yaml(cfg, p))
+    distributed.barrier()
     return out, resume
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -15,8 +15,9 @@ from simclrv2.data.views import ViewMaker
 from simclrv2.losses import distill_loss
 from simclrv2.models.networks import arch_of, build_network
 from simclrv2.train.classifier import labeled_subset, load_classifier
+from simclrv2 import distributed
 from simclrv2.train.common import (autocast, count_params, evaluate_classifier, make_stepper, open_run_dir,
-                                   prepare_model, resolve_device, seed_everything, setup_backend, steps_per_epoch)
+                                   prepare_model, start, steps_per_epoch)
 from simclrv2.train.loop import Stage, fit
 
 
@@ -45,10 +46,9 @@ def run(cfg: Config, out_dir: str | Path, teacher_path: str | Path, splits: data
     teacher_net, teacher_meta = load_classifier(teacher_path)
     cfg = student_config(copy.deepcopy(cfg), teacher_meta["arch"])
     cfg.validate()
-    out, found = open_run_dir(out_dir, cfg, overwrite)
-    device = resolve_device(cfg.device)
-    setup_backend(device)
-    order = seed_everything(cfg.seed)
+    rt = start(cfg)
+    device = rt.device
+    out, found = open_run_dir(out_dir, cfg, overwrite, rt.world.is_main)
     splits = splits or datasets.load(cfg.data, cfg.workers)
     if splits.classes and splits.classes != teacher_meta["classes"]:
         raise datasets.DataError(f"the teacher was trained on classes {teacher_meta['classes'][:5]}..., the data "
@@ -63,21 +63,22 @@ def run(cfg: Config, out_dir: str | Path, teacher_path: str | Path, splits: data
         images = images.to(device)
     labels = labels.to(device)
 
-    teacher = freeze(prepare_model(teacher_net, device))
+    teacher = freeze(prepare_model(teacher_net, device))  # never wrapped in DDP: it does not train
     arch = arch_of(cfg.model, len(teacher_meta["classes"]), 0)
     net = build_network(arch)
-    model = prepare_model(net, device, cfg.compile)
+    model = rt.wrap(net, cfg.compile)
     n = images.shape[0]
-    batch = min(d.batch_size, n)
+    batch = rt.global_batch(d.batch_size, n)
     stepper = make_stepper(model, d, steps_per_epoch(n, batch, drop_last=True), batch, device)
-    views = ViewMaker.for_finetuning(cfg, device, seed_offset=3)
+    views = ViewMaker.for_finetuning(cfg, device, seed=rt.rank_seed(3))
     meta = {"stage": "distill", "kind": "classifier", "config": cfg.to_dict(), "classes": teacher_meta["classes"],
             "arch": arch, "image_size": cfg.data.image_size, "teacher": str(teacher_path),
             "params": count_params(net)}
     if splits.val is not None:
         meta["teacher_val"] = evaluate_classifier(teacher, splits.val.images, splits.val.labels, device, cfg.amp)
-    stage = Stage("distill", out, net, stepper, meta, n, batch, d.epochs, drop_last=True, order=order,
-                  generators={"augment": views.generator})
+    stage = Stage("distill", out, net, stepper, meta, n, batch, d.epochs, drop_last=True, order=rt.order,
+                  generators={"augment": views.generator}, is_main=rt.world.is_main,
+                  shard=distributed.shard(rt.world))
 
     def loss_of(idx: torch.Tensor) -> torch.Tensor:
         idx = idx.to(images.device)
@@ -91,7 +92,7 @@ def run(cfg: Config, out_dir: str | Path, teacher_path: str | Path, splits: data
     def evaluate(epoch: int) -> dict[str, float]:
         if splits.val is None:
             return {}
-        metrics = evaluate_classifier(model, splits.val.images, splits.val.labels, device, cfg.amp)
+        metrics = evaluate_classifier(net, splits.val.images, splits.val.labels, device, cfg.amp)
         return {f"val_{k}": v for k, v in metrics.items()}
 
     result = fit(stage, loss_of, evaluate, resume=resume or found, show_progress=show_progress)

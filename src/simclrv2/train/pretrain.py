@@ -14,8 +14,10 @@ from simclrv2.data.views import ViewMaker
 from simclrv2.eval.knn import knn_predict
 from simclrv2.losses import nt_xent
 from simclrv2.models.networks import SimCLRModel, arch_of, build_pretrain_model
-from simclrv2.train.common import (autocast, count_params, infer, make_stepper, open_run_dir, prepare_model,
-                                   resolve_device, seed_everything, setup_backend, steps_per_epoch, topk_accuracy)
+from simclrv2 import distributed
+from simclrv2.train.common import (autocast, count_params, infer, make_stepper, open_run_dir, start, steps_per_epoch,
+                                   topk_accuracy)
+from simclrv2.train.memory import MemoryQueue, MovingAverage
 from simclrv2.train.loop import Stage, fit
 
 
@@ -35,42 +37,70 @@ def knn_accuracy(model: SimCLRModel, splits: datasets.Splits, device: torch.devi
 
 def run(cfg: Config, out_dir: str | Path, splits: datasets.Splits | None = None, show_progress: bool = True,
         resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
-    """Pretrain an encoder + projection head; writes ``out_dir/last`` and ``metrics.jsonl``."""
+    """Pretrain an encoder + projection head; writes ``out_dir/last`` and ``metrics.jsonl``.
+
+    Under torchrun the configured batch is global: each rank embeds its part, and NT-Xent takes
+    negatives from every rank's embeddings (and, with ``memory_size > 0``, from a queue of past
+    embeddings of a moving-average network).
+    """
     cfg = copy.deepcopy(cfg)
-    out, found = open_run_dir(out_dir, cfg, overwrite)
-    device = resolve_device(cfg.device)
-    setup_backend(device)
-    order = seed_everything(cfg.seed)
+    rt = start(cfg)
+    out, found = open_run_dir(out_dir, cfg, overwrite, rt.world.is_main)
     splits = splits or datasets.load(cfg.data, cfg.workers)
     images = splits.pretrain_images()
-    if device.type == "cuda" and cfg.data.on_device:
-        images = images.to(device)
+    if rt.device.type == "cuda" and cfg.data.on_device:
+        images = images.to(rt.device)
     n = images.shape[0]
     s = cfg.pretrain
     if n < 2:
         raise datasets.DataError(f"pretraining needs at least 2 images, the data has {n}")
-    batch = min(s.batch_size, n)
+    batch = rt.global_batch(s.batch_size, n)
+    local = batch // rt.world.size
 
     net = build_pretrain_model(cfg.model)
-    model = prepare_model(net, device, cfg.compile)
-    stepper = make_stepper(model, s, steps_per_epoch(n, batch, True), batch, device)
-    views = ViewMaker.for_pretraining(cfg, device)
+    model = rt.wrap(net, cfg.compile)
+    stepper = make_stepper(model, s, steps_per_epoch(n, batch, True), batch, rt.device)
+    views = ViewMaker.for_pretraining(cfg, rt.device, seed=rt.rank_seed(1))
+    stateful: dict[str, Any] = {}
+    if s.memory_size > 0:
+        ema = MovingAverage(net, s.memory_momentum).to(rt.device)
+        queue = MemoryQueue(s.memory_size, net.head.out_dim).to(rt.device)
+        stateful = {"ema": ema, "queue": queue}
     meta = {"stage": "pretrain", "kind": "pretrain", "arch": arch_of(cfg.model), "config": cfg.to_dict(),
             "classes": splits.classes, "image_size": cfg.data.image_size, "params": count_params(net)}
-    stage = Stage("pretrain", out, net, stepper, meta, n, batch, s.epochs, drop_last=True, order=order,
-                  generators={"augment": views.generator})
+    stage = Stage("pretrain", out, net, stepper, meta, n, batch, s.epochs, drop_last=True, order=rt.order,
+                  generators={"augment": views.generator}, stateful=stateful, is_main=rt.world.is_main,
+                  shard=distributed.shard(rt.world))
+    offset = rt.world.rank * local
 
     def loss_of(idx: torch.Tensor) -> torch.Tensor:
-        x = images[idx.to(images.device)].to(device, non_blocking=True)
-        with autocast(device, cfg.amp):
-            z = model(torch.cat([views(x), views(x)]))
-        return nt_xent(z[: len(idx)], z[len(idx):], s.temperature)
+        x = images[idx.to(images.device)].to(rt.device, non_blocking=True)
+        both = torch.cat([views(x), views(x)])
+        with autocast(rt.device, cfg.amp):
+            z = model(both)
+        za, zb = z[:local], z[local:]
+        negatives = None
+        if stateful:
+            negatives = queue.negatives()
+            with autocast(rt.device, cfg.amp):
+                keys = ema(both)
+            pending.append(distributed.gather(keys.float()))
+        return nt_xent(za, zb, s.temperature, distributed.gather_with_grad(za), distributed.gather_with_grad(zb),
+                       offset, negatives)
+
+    pending: list[torch.Tensor] = []
+
+    def after_step() -> None:
+        if stateful:
+            ema.update(net)
+            queue.enqueue(pending.pop())
 
     def evaluate(epoch: int) -> dict[str, float]:
         if not s.knn_every or (epoch % s.knn_every and epoch != s.epochs):
             return {}
-        knn = knn_accuracy(net, splits, device, s.knn_k, s.knn_temperature, cfg.amp)
+        knn = knn_accuracy(net, splits, rt.device, s.knn_k, s.knn_temperature, cfg.amp)
         return {"knn_top1": knn["top1"], "knn_top5": knn["top5"]} if knn else {}
 
-    result = fit(stage, loss_of, evaluate, resume=resume or found, show_progress=show_progress)
+    result = fit(stage, loss_of, evaluate, resume=resume or found, show_progress=show_progress,
+                 after_step=after_step)
     return {**result, "checkpoint": str(out / "last"), "params": count_params(net)}

@@ -1,0 +1,65 @@
+"""SimCLRv2's optional memory buffer: a queue of past embeddings from a moving-average network,
+used as extra negatives (as in MoCo)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+
+class MemoryQueue(nn.Module):
+    """A FIFO of the ``size`` most recent keys; ``negatives()`` are the filled rows, without gradient."""
+
+    def __init__(self, size: int, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("keys", torch.zeros(size, dim))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("filled", torch.zeros((), dtype=torch.long))
+
+    @property
+    def size(self) -> int:
+        return self.keys.shape[0]
+
+    def negatives(self) -> Tensor:
+        return self.keys[: int(self.filled)].detach()
+
+    @torch.no_grad()
+    def enqueue(self, keys: Tensor) -> None:
+        """Write ``keys`` after the newest entry, wrapping around and overwriting the oldest."""
+        keys = keys.detach().to(self.keys.dtype)[-self.size:]
+        n, ptr = keys.shape[0], int(self.ptr)
+        first = min(n, self.size - ptr)
+        self.keys[ptr:ptr + first] = keys[:first]
+        self.keys[: n - first] = keys[first:]
+        self.ptr.fill_((ptr + n) % self.size)
+        self.filled.fill_(min(int(self.filled) + n, self.size))
+
+    def ordered(self) -> Tensor:
+        """The stored keys from oldest to newest (for inspection and tests)."""
+        if int(self.filled) < self.size:
+            return self.keys[: int(self.filled)]
+        return torch.roll(self.keys, -int(self.ptr), dims=0)
+
+
+class MovingAverage(nn.Module):
+    """An exponential moving average of a network's parameters (buffers copied), never trained."""
+
+    def __init__(self, net: nn.Module, decay: float) -> None:
+        super().__init__()
+        self.decay = decay
+        self.net = copy.deepcopy(net)
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, net: nn.Module) -> None:
+        for ema, p in zip(self.net.parameters(), net.parameters()):
+            ema.lerp_(p.detach(), 1 - self.decay)
+        for ema, b in zip(self.net.buffers(), net.buffers()):
+            ema.copy_(b)
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
