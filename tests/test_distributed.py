@@ -63,7 +63,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         if rank == 0:
             torch.save(result, out)
     finally:
-        dist.destroy_process_group()
+        distributed.cleanup()
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,12 @@ from typing import Any
 from simclrv2 import checkpoint
 from simclrv2.config import Config, ConfigError, from_dict, load_yaml, merge, parse_overrides, preset, preset_names
 from simclrv2.data.datasets import DATASETS, DataError
+from simclrv2.inference import InferenceError, commands as inference_commands
 from simclrv2.train.common import NonFiniteLossError, RunDirError
 from simclrv2.train.loop import Interrupted
 
 ERRORS = (ConfigError, DataError, checkpoint.CheckpointError, NonFiniteLossError, RunDirError, Interrupted,
-          FileNotFoundError)
+          FileNotFoundError, InferenceError)
 
 
 def _common(p: argparse.ArgumentParser, out_default: str | None = None) -> None:
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student", help="student encoder for big-to-small distillation")
     p.add_argument("--student-width", type=float, help="student width multiplier")
     _common(p, out_default="runs/pipeline")
+    inference_commands.add_parsers(sub)  # embed, predict, export
     return parser
 
 
@@ -171,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
+        code = inference_commands.run(args)
+        if code is not None:
+            return code
         if args.command == "pretrain":
             from simclrv2.train import pretrain
 

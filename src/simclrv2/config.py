@@ -347,8 +347,15 @@ def parse_overrides(items: list[str], stage: str | None = None) -> dict[str, Any
                     path = [section, key]
                     break
             if path is None:
-                raise ConfigError(f"unknown config key {key!r} (use section.key, e.g. pretrain.lr; "
-                                  f"sections: {', '.join(SHARED + STAGES)})")
+                owners = [st for st in STAGES if key in {f.name for f in dataclasses.fields(getattr(Config(), st))}]
+                if len(owners) == 1:
+                    path = [owners[0], key]
+                elif owners:
+                    raise ConfigError(f"config key {key!r} is ambiguous here: say which stage, e.g. "
+                                      f"{', '.join(f'{o}.{key}' for o in owners)}")
+                else:
+                    raise ConfigError(f"unknown config key {key!r} (use section.key, e.g. pretrain.lr; "
+                                      f"sections: {', '.join(SHARED + STAGES)})")
         node = out
         for p in path[:-1]:
             node = node.setdefault(p, {})

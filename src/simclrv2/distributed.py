@@ -79,21 +79,61 @@ def shard(world: World):
     return take
 
 
+class _AllGather(torch.autograd.Function):
+    """Concatenate every rank's tensor; backward: sum the incoming gradients over ranks, keep own slice."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rows = x.shape[0]
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        start = dist.get_rank() * ctx.rows
+        return grad[start:start + ctx.rows]
+
+
+class _AllReduce(torch.autograd.Function):
+    """Sum over ranks; the gradient of each rank's input is the sum of the gradients of the output."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def _active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def gather_with_grad(x: Tensor) -> Tensor:
     """All ranks' ``x`` concatenated in rank order. The backward pass sums the gradients that every
     rank's loss sends to each slice and returns its own slice to each rank, so with DDP's gradient
-    averaging the encoder gets exactly the single-process gradient of the mean global loss."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    from torch.distributed.nn.functional import all_gather
+    averaging the encoder gets exactly the single-process gradient of the mean global loss.
+    (Every rank must gather tensors of the same shape.)"""
+    return _AllGather.apply(x) if _active() else x
 
-    return torch.cat(all_gather(x.contiguous()), dim=0)
+
+def all_reduce_with_grad(x: Tensor) -> Tensor:
+    """Sum of ``x`` over ranks, differentiable (global BatchNorm statistics)."""
+    return _AllReduce.apply(x) if _active() else x
 
 
 @torch.no_grad()
 def gather(x: Tensor) -> Tensor:
     """All ranks' ``x`` concatenated, without gradient (e.g. keys for the memory buffer)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not _active():
         return x
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, x.contiguous())
@@ -102,7 +142,7 @@ def gather(x: Tensor) -> Tensor:
 
 def mean(value: Tensor) -> Tensor:
     """The mean of a scalar over ranks (what every rank logs and checks for finiteness)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not _active():
         return value
     value = value.detach().clone()
     dist.all_reduce(value)
@@ -122,18 +162,16 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
             raise ValueError(f"expected at least 2-D input, got {x.dim()}-D")
 
     def forward(self, x: Tensor) -> Tensor:
-        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        if not (self.training and _active()):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         dims = [0] + list(range(2, x.dim()))
         shape = [1, -1] + [1] * (x.dim() - 2)
         count = torch.tensor(float(x.numel() // x.shape[1]), device=x.device, dtype=torch.float64)
         dist.all_reduce(count)
         n = count.item()
         xf = x.to(torch.promote_types(x.dtype, torch.float32))
-        mean = all_reduce(xf.sum(dims)) / n
-        var = all_reduce(((xf - mean.view(shape)) ** 2).sum(dims)) / n
+        mean = all_reduce_with_grad(xf.sum(dims)) / n
+        var = all_reduce_with_grad(((xf - mean.view(shape)) ** 2).sum(dims)) / n
         with torch.no_grad():
             self.num_batches_tracked.add_(1)
             m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
@@ -185,6 +223,8 @@ def barrier() -> None:
 
 
 def cleanup() -> None:
+    """Leave the process group together (a rank that exits early can abort the others' gloo threads)."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 

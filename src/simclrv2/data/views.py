@@ -39,16 +39,15 @@ class ViewMaker:
             }[kind]()
 
     @classmethod
-    def for_pretraining(cls, cfg: Config, device: torch.device, seed_offset: int = 1) -> "ViewMaker":
+    def for_pretraining(cls, cfg: Config, device: torch.device, seed: int) -> "ViewMaker":
         a = cfg.aug
-        return cls("simclr", cfg.data.image_size, a.color_strength, a.blur, a.min_scale, a.backend,
-                   cfg.seed + seed_offset, device)
+        return cls("simclr", cfg.data.image_size, a.color_strength, a.blur, a.min_scale, a.backend, seed, device)
 
     @classmethod
-    def for_finetuning(cls, cfg: Config, device: torch.device, seed_offset: int = 2) -> "ViewMaker":
+    def for_finetuning(cls, cfg: Config, device: torch.device, seed: int) -> "ViewMaker":
         a = cfg.aug
-        return cls("crop_flip", cfg.data.image_size, min_scale=a.min_scale, backend=a.backend,
-                   seed=cfg.seed + seed_offset, device=device)
+        return cls("crop_flip", cfg.data.image_size, min_scale=a.min_scale, backend=a.backend, seed=seed,
+                   device=device)
 
     def __call__(self, x: Tensor) -> Tensor:
         if self._per_image is not None:

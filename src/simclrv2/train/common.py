@@ -215,6 +215,9 @@ class RunLog:
         self.stage = stage
         self.enabled = enabled
         self.start = time.time()
+        from simclrv2.tracking import TensorBoardLog  # optional: a no-op without tensorboard
+
+        self.tensorboard = TensorBoardLog(Path(out_dir) / "tensorboard", stage) if enabled else None
 
     def write(self, **values: Any) -> None:
         if not self.enabled:
@@ -222,6 +225,8 @@ class RunLog:
         record = {"stage": self.stage, "time": round(time.time() - self.start, 3), **values}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            self.tensorboard.write(values, step=int(values.get("epoch", values.get("step", 0))))
 
 
 def progress(total: int, desc: str, enabled: bool = True):

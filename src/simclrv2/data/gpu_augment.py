@@ -1,0 +1,359 @@
+"""Batched SimCLR augmentation on the batch's device, with independent random parameters per image.
+
+Every function takes a batch ``[N, 3, H, W]`` (uint8 or float in [0, 1]) and returns float32 in
+[0, 1]. Randomness comes from an explicit ``torch.Generator`` on the batch's device, so a run is
+reproducible; there is no Python loop over images and no host-device synchronisation.
+
+The semantics are torchvision's (``transforms.v2``) applied image by image, so that
+:mod:`simclrv2.data.augment` is the per-image reference:
+
+* crop: ``RandomResizedCrop`` box sampling (10 tries, then the central crop), crop then
+  antialiased bilinear resize, written as two batched matrix products ``Wy @ img @ Wx^T`` whose
+  per-image weight matrices hold the crop, the resize (the same weights as
+  ``F.interpolate(..., antialias=True)``) and the horizontal flip;
+* colour: ``ColorJitter`` factors and per-image random op order, grayscale with the ITU-R 601
+  weights torchvision uses, Gaussian blur with reflect padding.
+
+Unlike the uint8 per-image path the batch stays in float32 throughout (no rounding to 8 bits
+between ops). On CUDA with TF32 matmuls enabled the crop/resize is TF32-accurate (~1e-3), below
+the 8-bit quantisation of the source images.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "sample_crop_boxes", "resized_crop", "random_resized_crop",
+    "rgb_to_grayscale", "adjust_brightness", "adjust_contrast", "adjust_saturation", "adjust_hue",
+    "apply_color_jitter", "color_jitter", "random_grayscale",
+    "blur_kernel_size", "apply_gaussian_blur", "gaussian_blur",
+    "center_crop_box", "to_float", "simclr_views", "crop_flip",
+]
+
+_GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
+_IDENTITY = 4  # op code of the "do nothing" slot in apply_color_jitter
+
+
+def _uniform(n: int, low: float, high: float, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    return torch.rand(n, generator=generator, device=device).mul_(high - low).add_(low)
+
+
+def _bernoulli(n: int, p: float, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    return torch.rand(n, generator=generator, device=device) < p
+
+
+def _as_tensor(v: Tensor | float, x: Tensor) -> Tensor:
+    """``v`` as a tensor on ``x``'s device (a fill, not a host-to-device copy, which would sync)."""
+    if isinstance(v, Tensor):
+        return v.to(device=x.device, dtype=x.dtype)
+    return torch.full((), float(v), dtype=x.dtype, device=x.device)
+
+
+def _per_image(v: Tensor | float, x: Tensor) -> Tensor:
+    """A scalar or ``[N]`` per-image value shaped to broadcast against ``[N, C, H, W]``."""
+    return _as_tensor(v, x).reshape(-1, 1, 1, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# crop, resize and flip
+
+
+def sample_crop_boxes(n: int, height: int, width: int, scale: tuple[float, float] = (0.08, 1.0),
+                      ratio: tuple[float, float] = (3 / 4, 4 / 3), generator: torch.Generator | None = None,
+                      device: torch.device | str = "cpu", attempts: int = 10) -> Tensor:
+    """``n`` crop boxes as int64 ``[n, 4]`` rows ``(top, left, height, width)``, drawn as
+    ``RandomResizedCrop.get_params`` does: up to ``attempts`` (area, log-ratio) draws, the first
+    that fits is kept, else the central crop at the nearest allowed ratio. All draws at once."""
+    device = torch.device(device)
+    area = height * width
+    target = _uniform(n * attempts, scale[0], scale[1], generator, device).view(n, attempts) * area
+    log_r = _uniform(n * attempts, math.log(ratio[0]), math.log(ratio[1]), generator, device).view(n, attempts)
+    aspect = torch.exp(log_r)
+    w = torch.sqrt(target * aspect).round_()
+    h = torch.sqrt(target / aspect).round_()
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = ok.to(torch.uint8).argmax(1, keepdim=True)  # first valid try (0 when none is valid)
+    w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)
+    # offsets uniform over the valid integer positions, as torch.randint(0, size - crop + 1)
+    u = torch.rand(n, 2, generator=generator, device=device)
+    top = torch.minimum((u[:, 0] * (height - h + 1)).floor_(), height - h)
+    left = torch.minimum((u[:, 1] * (width - w + 1)).floor_(), width - w)
+    # fallback: central crop, whole image clamped to the ratio range
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        fw, fh = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        fw, fh = int(round(height * max(ratio))), height
+    else:
+        fw, fh = width, height
+    fallback = ~ok.any(1)
+    central = ((height - fh) // 2, (width - fw) // 2, fh, fw)
+    return torch.stack([torch.where(fallback, c, v) for c, v in zip(central, (top, left, h, w))], 1).long()
+
+
+def _resize_weights(start: Tensor, length: Tensor, in_size: int, out_size: int, flip: Tensor | None,
+                    gain: float) -> Tensor:
+    """``[N, out_size, in_size]``: row j averages the input pixels of output pixel j.
+
+    The crop ``[start, start + length)`` is resized with the triangle (bilinear) filter widened by
+    the downscale factor and renormalised at the crop edges -- PIL's and
+    ``F.interpolate(mode="bilinear", antialias=True)``'s weights (plain bilinear when upscaling).
+    """
+    device = start.device
+    start, length = start.float()[:, None, None], length.float()[:, None, None]
+    j = torch.arange(out_size, device=device, dtype=torch.float32).expand(start.shape[0], out_size)
+    if flip is not None:
+        j = torch.where(flip[:, None], out_size - 1 - j, j)
+    step = length / out_size
+    centre = start + (j[:, :, None] + 0.5) * step  # [N, out, 1], in pixel-edge coordinates
+    pixel = torch.arange(in_size, device=device, dtype=torch.float32) + 0.5  # pixel centres
+    weight = (1 - (pixel - centre).abs_() / step.clamp(min=1.0)).clamp_(min=0)
+    weight.mul_((pixel > start) & (pixel < start + length))
+    return weight.mul_(gain / weight.sum(-1, keepdim=True))
+
+
+def resized_crop(images: Tensor, boxes: Tensor, size: int, flip: Tensor | None = None) -> Tensor:
+    """Crop box ``(top, left, height, width)`` of each image, resize it to ``size`` x ``size``
+    (antialiased bilinear, as torchvision's ``resized_crop``) and mirror it where ``flip``."""
+    n, c, height, width = images.shape
+    gain = 1 / 255 if images.dtype == torch.uint8 else 1.0
+    x = images.float()
+    wy = _resize_weights(boxes[:, 0], boxes[:, 2], height, size, None, 1.0)  # [N, S, H]
+    wx = _resize_weights(boxes[:, 1], boxes[:, 3], width, size, flip, gain)  # [N, S, W]
+    rows = torch.bmm(x.reshape(n, c * height, width), wx.transpose(1, 2))  # [N, C*H, S]
+    out = torch.matmul(wy.unsqueeze(1), rows.view(n, c, height, size))  # [N, C, S, S]
+    return out.clamp_(0, 1)  # weights sum to 1 up to rounding
+
+
+def random_resized_crop(images: Tensor, size: int, scale: tuple[float, float] = (0.08, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3), flip_p: float = 0.5,
+                        generator: torch.Generator | None = None) -> Tensor:
+    """``RandomResizedCrop(size, scale, ratio)`` then ``RandomHorizontalFlip(flip_p)``, per image,
+    in one pass over the batch."""
+    n, _, height, width = images.shape
+    boxes = sample_crop_boxes(n, height, width, scale, ratio, generator, images.device)
+    flip = _bernoulli(n, flip_p, generator, images.device) if flip_p > 0 else None
+    return resized_crop(images, boxes, size, flip)
+
+
+# ---------------------------------------------------------------------------------------------
+# colour
+
+
+def rgb_to_grayscale(x: Tensor) -> Tensor:
+    """Luma ``[N, 1, H, W]`` with torchvision's weights (0.2989, 0.587, 0.114)."""
+    r, g, b = x.unbind(1)
+    return r.mul(_GRAY_WEIGHTS[0]).add_(g, alpha=_GRAY_WEIGHTS[1]).add_(b, alpha=_GRAY_WEIGHTS[2]).unsqueeze(1)
+
+
+def _blend_op(x: Tensor, alpha: Tensor, beta: Tensor, gamma: Tensor) -> Tensor:
+    """``clamp(alpha * x + beta * gray(x) + gamma * mean(gray(x)), 0, 1)`` with per-image coefficients.
+
+    Brightness (b, 0, 0), contrast (c, 0, 1 - c), saturation (s, 1 - s, 0) and identity (1, 0, 0)
+    are all of this form, so one slot of the colour jitter serves every op for every image.
+    """
+    gray = rgb_to_grayscale(x)
+    offset = gray * _per_image(beta, x) + gray.mean((2, 3), keepdim=True) * _per_image(gamma, x)
+    return torch.addcmul(offset, x, _per_image(alpha, x)).clamp_(0, 1)
+
+
+def adjust_brightness(x: Tensor, factor: Tensor | float) -> Tensor:
+    """``x * factor`` clipped to [0, 1] (torchvision's multiplicative brightness)."""
+    return x.mul(_per_image(factor, x)).clamp_(0, 1)
+
+
+def adjust_contrast(x: Tensor, factor: Tensor | float) -> Tensor:
+    """Blend with the image's mean gray level (torchvision)."""
+    f = _as_tensor(factor, x)
+    return _blend_op(x, f, torch.zeros_like(f), 1 - f)
+
+
+def adjust_saturation(x: Tensor, factor: Tensor | float) -> Tensor:
+    """Blend with the pixel's gray level (torchvision)."""
+    f = _as_tensor(factor, x)
+    return _blend_op(x, f, 1 - f, torch.zeros_like(f))
+
+
+def adjust_hue(x: Tensor, shift: Tensor | float) -> Tensor:
+    """Rotate the HSV hue by ``shift`` (in turns, [-0.5, 0.5]), keeping S and V (torchvision).
+
+    The RGB->HSV->RGB round trip is written without the 6-way case split: with chroma
+    ``C = max - min`` and ``k_n = (n + 6 h) mod 6``, channel ``n`` in (R 5, G 3, B 1) is
+    ``max - C * clamp(min(k_n, 4 - k_n), 0, 1)``.
+    """
+    r, g, b = x.unbind(1)
+    maxc = torch.maximum(torch.maximum(r, g), b)  # (faster than aminmax over dim 1 on CPU)
+    minc = torch.minimum(torch.minimum(r, g), b)
+    chroma = maxc - minc
+    # hue * 6 as torchvision/PIL: the max channel picks the sector (ties: R, then G)
+    is_r, is_g = maxc == r, maxc == g
+    num = torch.where(is_r, g - b, torch.where(is_g, (b - r).add_(chroma, alpha=2), (r - g).add_(chroma, alpha=4)))
+    hue6 = num.div_(torch.where(chroma > 0, chroma, 1.0))  # in [-1, 5]
+    hue6 = hue6.add_(_as_tensor(shift, x).reshape(-1, 1, 1), alpha=6.0).add_(6.0).remainder_(6.0)
+    n = torch.arange(5.0, 0.0, -2.0, device=x.device).view(1, 3, 1, 1)  # R, G, B
+    k = (hue6.unsqueeze(1) + n).remainder_(6.0)
+    weight = torch.minimum(k, 4.0 - k).clamp_(0, 1)
+    return torch.addcmul(maxc.unsqueeze(1), chroma.unsqueeze(1), weight, value=-1)
+
+
+def apply_color_jitter(x: Tensor, brightness: Tensor | None, contrast: Tensor | None, saturation: Tensor | None,
+                       hue: Tensor | None, order: Tensor) -> Tensor:
+    """Apply the four jitter ops with per-image factors ``[N]`` (None: op off) in the per-image
+    ``order`` ``[N, 4]`` (a permutation of 0 brightness, 1 contrast, 2 saturation, 3 hue, as
+    torchvision's ``fn_idx``), clipping to [0, 1] after each.
+
+    Vectorised by slots: each slot applies one blend op whose coefficients pick, per image, that
+    image's op. Hue is not a blend, so the order is aligned on it: 3 slots for the ops before hue,
+    hue for all images at once, 3 slots for the ops after -- hue runs once, the cheap ops 6 times.
+    """
+    n = x.shape[0]
+    one, zero = torch.ones(n, dtype=x.dtype, device=x.device), torch.zeros(n, dtype=x.dtype, device=x.device)
+    b = one if brightness is None else brightness.to(x.dtype)
+    c = one if contrast is None else contrast.to(x.dtype)
+    s = one if saturation is None else saturation.to(x.dtype)
+    # coefficient tables indexed by op code: brightness, contrast, saturation, hue, identity
+    alpha = torch.stack([b, c, s, one, one], 1)
+    beta = torch.stack([zero, zero, 1 - s, zero, zero], 1)
+    gamma = torch.stack([zero, 1 - c, zero, zero, zero], 1)
+    order = order.to(x.device)
+    if hue is None:
+        slots, hue_slot = order.masked_fill(order == 3, _IDENTITY), -1
+    else:
+        shift = 3 - (order == 3).to(torch.uint8).argmax(1, keepdim=True)  # moves hue to slot 3
+        slots = torch.full((n, 7), _IDENTITY, dtype=order.dtype, device=x.device)
+        slots.scatter_(1, torch.arange(4, device=x.device) + shift, order)
+        hue_slot = 3
+    for i in range(slots.shape[1]):
+        if i == hue_slot:
+            x = adjust_hue(x, hue)
+        else:
+            op = slots[:, i:i + 1]
+            x = _blend_op(x, alpha.gather(1, op), beta.gather(1, op), gamma.gather(1, op))
+    return x
+
+
+def _jitter_params(n: int, brightness: float, contrast: float, saturation: float, hue: float, p: float,
+                   generator: torch.Generator | None, device: torch.device) -> dict[str, Tensor | None]:
+    """Per-image ``ColorJitter`` parameters: whether to apply, the factors (None: op off), the order."""
+    def factor(v: float) -> Tensor | None:
+        return _uniform(n, max(0.0, 1 - v), 1 + v, generator, device) if v > 0 else None
+
+    return {
+        "apply": _bernoulli(n, p, generator, device),
+        "brightness": factor(brightness),
+        "contrast": factor(contrast),
+        "saturation": factor(saturation),
+        "hue": _uniform(n, -hue, hue, generator, device) if hue > 0 else None,
+        "order": torch.rand(n, 4, generator=generator, device=device).argsort(1),  # uniform permutations
+    }
+
+
+def color_jitter(x: Tensor, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0,
+                 hue: float = 0.0, p: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+    """``RandomApply([ColorJitter(brightness, contrast, saturation, hue)], p)`` per image.
+
+    Factors are uniform in ``[max(0, 1 - v), 1 + v]`` (hue shift in ``[-hue, hue]``), the op order
+    is a uniform random permutation per image, exactly as torchvision's ``ColorJitter``.
+    """
+    x = x.float()
+    prm = _jitter_params(x.shape[0], brightness, contrast, saturation, hue, p, generator, x.device)
+    if all(prm[k] is None for k in ("brightness", "contrast", "saturation", "hue")):
+        return x
+    out = apply_color_jitter(x, prm["brightness"], prm["contrast"], prm["saturation"], prm["hue"], prm["order"])
+    return torch.where(prm["apply"].view(-1, 1, 1, 1), out, x)
+
+
+def random_grayscale(x: Tensor, p: float = 0.2, generator: torch.Generator | None = None) -> Tensor:
+    """``RandomGrayscale(p)``: the luma copied to all 3 channels, per image with probability ``p``."""
+    x = x.float()
+    apply = _bernoulli(x.shape[0], p, generator, x.device)
+    return torch.where(apply.view(-1, 1, 1, 1), rgb_to_grayscale(x).expand_as(x), x)
+
+
+# ---------------------------------------------------------------------------------------------
+# blur
+
+
+def blur_kernel_size(size: int) -> int:
+    """The official SimCLR blur kernel, about 10% of the image side: ``2 * (size // 10 // 2) + 1``
+    (9 at 96 px, 23 at 224 px; 1, i.e. no blur, below 20 px)."""
+    return 2 * (size // 10 // 2) + 1
+
+
+def apply_gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
+    """Gaussian blur with per-image ``sigma`` ``[N]``: separable, reflect padding, as torchvision's
+    ``gaussian_blur`` -- one depthwise (grouped) conv per direction for the whole batch."""
+    if kernel_size % 2 == 0 or kernel_size < 1:
+        raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
+    if kernel_size == 1:
+        return x.float()
+    n, c, height, width = x.shape
+    r = kernel_size // 2
+    t = torch.arange(-r, r + 1, dtype=torch.float32, device=x.device)
+    kernel = torch.softmax(-0.5 * (t / sigma.float().reshape(-1, 1)) ** 2, dim=1)  # [N, k], sums to 1
+    weight = kernel.repeat_interleave(c, 0)  # [N*C, k]
+    y = F.pad(x.float().reshape(1, n * c, height, width), (r, r, r, r), mode="reflect")
+    y = F.conv2d(y, weight.view(n * c, 1, 1, kernel_size), groups=n * c)
+    y = F.conv2d(y, weight.view(n * c, 1, kernel_size, 1), groups=n * c)
+    return y.view(n, c, height, width).clamp_(0, 1)  # weights sum to 1 up to rounding
+
+
+def gaussian_blur(x: Tensor, p: float = 0.5, sigma_range: tuple[float, float] = (0.1, 2.0),
+                  kernel_size: int | None = None, generator: torch.Generator | None = None) -> Tensor:
+    """``RandomApply([GaussianBlur(kernel_size, sigma_range)], p)`` per image; the kernel size
+    defaults to :func:`blur_kernel_size` of the image height."""
+    n, device = x.shape[0], x.device
+    sigma = _uniform(n, sigma_range[0], sigma_range[1], generator, device)
+    apply = _bernoulli(n, p, generator, device)
+    k = blur_kernel_size(x.shape[-2]) if kernel_size is None else kernel_size
+    x = x.float()
+    return torch.where(apply.view(-1, 1, 1, 1), apply_gaussian_blur(x, sigma, k), x)
+
+
+# ---------------------------------------------------------------------------------------------
+# pipelines
+
+
+def center_crop_box(height: int, width: int, proportion: float = 0.875) -> tuple[int, int, int, int]:
+    """The official SimCLR eval crop ``(top, left, side, side)``: a centred square keeping
+    ``proportion`` of the shorter side (offsets rounded up, as ``data_util.center_crop``)."""
+    side = int(round(proportion * min(height, width)))
+    return (height - side + 1) // 2, (width - side + 1) // 2, side, side
+
+
+def to_float(images: Tensor, size: int | None = None, crop_proportion: float = 0.875) -> Tensor:
+    """Evaluation view: uint8 -> float in [0, 1]. Images already ``size`` x ``size`` (or
+    ``size=None``) are only converted; others get the official eval transform, a central crop
+    keeping ``crop_proportion`` of the shorter side resized to ``size`` (bicubic, antialiased)."""
+    x = images.float().mul_(1 / 255) if images.dtype == torch.uint8 else images.float()  # as v2.ToDtype
+    height, width = x.shape[-2:]
+    if size is None or (height == size and width == size):
+        return x.contiguous()
+    top, left, h, w = center_crop_box(height, width, crop_proportion)
+    x = x[..., top:top + h, left:left + w]
+    return F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp_(0, 1)
+
+
+def simclr_views(images: Tensor, size: int, strength: float = 1.0, blur: bool | None = None,
+                 min_scale: float = 0.08, generator: torch.Generator | None = None) -> Tensor:
+    """One SimCLR view per image: crop (scale ``(min_scale, 1)``) + flip, colour jitter
+    (0.8s, 0.8s, 0.8s, 0.2s) with p 0.8, grayscale p 0.2, blur p 0.5 (``blur=None``: on iff
+    ``size >= 96``). Call twice (or on the batch repeated) for the two views."""
+    x = random_resized_crop(images, size, (min_scale, 1.0), generator=generator)
+    if strength > 0:
+        x = color_jitter(x, 0.8 * strength, 0.8 * strength, 0.8 * strength, 0.2 * strength, p=0.8,
+                         generator=generator)
+    x = random_grayscale(x, 0.2, generator)
+    if size >= 96 if blur is None else blur:
+        x = gaussian_blur(x, 0.5, (0.1, 2.0), blur_kernel_size(size), generator)
+    return x
+
+
+def crop_flip(images: Tensor, size: int, min_scale: float = 0.08, generator: torch.Generator | None = None) -> Tensor:
+    """Fine-tuning / distillation view: random resized crop and horizontal flip only."""
+    return random_resized_crop(images, size, (min_scale, 1.0), generator=generator)

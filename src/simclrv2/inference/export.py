@@ -1,0 +1,94 @@
+"""Export a classifier checkpoint to ONNX or TorchScript, with a JSON sidecar describing its input.
+
+The exported network is the classifier in eval mode: input ``images`` float32 ``[B, 3, S, S]`` RGB in
+[0, 1] (no mean/std normalisation), any batch size; output ``logits`` float32 ``[B, num_classes]``.
+``FILE.json`` records the preprocessing and the class names so the file can be used on its own.
+
+ONNX uses the TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``), which needs only
+the ``onnx`` package; the dynamo exporter would also need ``onnxscript``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from simclrv2 import checkpoint
+from simclrv2.inference import InferenceError
+from simclrv2.train.classifier import load_classifier
+
+__all__ = ["FORMATS", "ONNX_OPSET", "export_checkpoint", "to_onnx", "to_torchscript", "sidecar"]
+
+FORMATS = ("onnx", "torchscript")
+ONNX_OPSET = 17
+
+
+def sidecar(meta: dict[str, Any], fmt: str, source: str | Path) -> dict[str, Any]:
+    """What a consumer of the exported file needs to know to feed it and read its output."""
+    size = int(meta["image_size"])
+    return {
+        "format": fmt,
+        "source_checkpoint": str(source),
+        "stage": meta.get("stage"),
+        "input": {"name": "images", "dtype": "float32", "shape": ["batch", 3, size, size], "layout": "NCHW"},
+        "output": {"name": "logits", "dtype": "float32", "shape": ["batch", len(meta["classes"])],
+                   "note": "unnormalised; apply softmax for probabilities"},
+        "preprocessing": {
+            "color": "RGB", "image_size": size, "resize": f"short side to {size} px (bilinear), then centre crop",
+            "range": [0.0, 1.0], "scale": "uint8 / 255", "normalization": None,
+        },
+        "classes": list(meta["classes"]),
+    }
+
+
+def _quiet_tracing() -> None:
+    """Silence tracer warnings about Python values: the only ones come from the SAME-padding of the
+    ImageNet stem, computed from the spatial size, which is fixed (``image_size``) by design."""
+    warnings.simplefilter("ignore", torch.jit.TracerWarning)
+
+
+def to_onnx(net: nn.Module, example: torch.Tensor, out: Path, opset: int = ONNX_OPSET) -> None:
+    """ONNX with a dynamic batch axis, via the TorchScript-based exporter."""
+    try:
+        import onnx  # noqa: F401 - the exporter serialises with it
+    except ImportError:
+        raise InferenceError("ONNX export needs the onnx package: pip install 'simclrv2[export]'") from None
+    with warnings.catch_warnings():
+        _quiet_tracing()
+        warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter is deprecated, not removed
+        warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)  # harmless, internal
+        torch.onnx.export(net, (example,), str(out), dynamo=False, opset_version=opset,
+                          input_names=["images"], output_names=["logits"],
+                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+
+
+def to_torchscript(net: nn.Module, example: torch.Tensor, out: Path) -> None:
+    """A traced TorchScript module (the network has no data-dependent control flow)."""
+    with warnings.catch_warnings():
+        _quiet_tracing()
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in recent torch, still works
+        with torch.no_grad():
+            traced = torch.jit.trace(net, example)
+        torch.jit.save(traced, str(out))
+
+
+def export_checkpoint(ckpt: str | Path, fmt: str, out: str | Path, opset: int = ONNX_OPSET) -> tuple[Path, Path]:
+    """Export classifier ``ckpt`` to ``out`` in format ``fmt``; write ``out.json``; return both paths."""
+    if fmt not in FORMATS:
+        raise InferenceError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    net, meta = load_classifier(ckpt)
+    net = net.float().cpu().eval()
+    size = int(meta["image_size"])
+    example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    out = Path(out)
+    if fmt == "onnx":
+        checkpoint.atomic_write(out, lambda tmp: to_onnx(net, example, tmp, opset))
+    else:
+        checkpoint.atomic_write(out, lambda tmp: to_torchscript(net, example, tmp))
+    info = out.with_name(out.name + ".json")
+    checkpoint.write_json(info, sidecar(meta, fmt, ckpt))
+    return out, info

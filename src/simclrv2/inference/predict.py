@@ -1,0 +1,107 @@
+"""Class predictions for image files with a classifier checkpoint (fine-tuned, distilled or supervised).
+
+Images get the preprocessing the network was trained with: decoded to RGB, the short side resized
+to the checkpoint's ``image_size``, centre-cropped, scaled to [0, 1] (no mean/std normalisation).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from simclrv2.checkpoint import atomic_write
+from simclrv2.data import datasets
+from simclrv2.inference import InferenceError
+from simclrv2.train.common import infer
+
+__all__ = ["Prediction", "collect_images", "predict_files", "format_table", "write_csv"]
+
+
+@dataclass
+class Prediction:
+    """The ``top`` most probable classes of one image, most probable first."""
+
+    path: str
+    classes: list[str]
+    probabilities: list[float]
+
+
+def collect_images(paths: Iterable[str | Path]) -> list[Path]:
+    """Image files named on the command line: files as given, folders searched recursively.
+
+    Missing paths and folders without images are errors (most likely a typo); files that cannot be
+    decoded are reported later, by :func:`predict_files`.
+    """
+    files: list[Path] = []
+    missing, empty = [], []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = datasets.list_images(p)
+            if not found:
+                empty.append(str(p))
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            missing.append(str(p))
+    if missing:
+        raise datasets.DataError(f"path(s) not found: {', '.join(missing)}")
+    if empty:
+        raise datasets.DataError(f"no images ({', '.join(datasets.IMAGE_EXTENSIONS)}) under: {', '.join(empty)}")
+    if not files:
+        raise datasets.DataError("no images given")
+    return files
+
+
+@torch.no_grad()
+def predict_files(net: nn.Module, classes: Sequence[str], image_size: int, files: Sequence[Path], top: int = 5,
+                  device: torch.device | str = "cpu", batch_size: int = 256, workers: int = 4
+                  ) -> tuple[list[Prediction], list[Path]]:
+    """Top-``top`` classes and softmax probabilities of each readable file; also the unreadable files."""
+    if top < 1:
+        raise InferenceError(f"--top must be >= 1, got {top}")
+    device = torch.device(device)
+    images, ok = datasets.decode_images(list(files), image_size, workers)
+    readable = [i for i, good in enumerate(ok) if good]
+    unreadable = [files[i] for i, good in enumerate(ok) if not good]
+    if not readable:
+        return [], unreadable
+    logits = infer(net.to(device).eval(), images[readable], device, batch_size=batch_size, amp=False)
+    probs = logits.softmax(dim=1)
+    values, indices = probs.topk(min(top, probs.shape[1]), dim=1)
+    predictions = [Prediction(str(files[i]), [classes[c] for c in idx.tolist()], val.tolist())
+                   for i, idx, val in zip(readable, indices, values)]
+    return predictions, unreadable
+
+
+def format_table(predictions: Sequence[Prediction]) -> str:
+    """A fixed-width table: one line per image and rank, the path shown on the first rank only."""
+    path_w = max([len("image")] + [len(p.path) for p in predictions])
+    class_w = max([len("class")] + [len(c) for p in predictions for c in p.classes])
+    lines = [f"{'image':<{path_w}}  rank  {'class':<{class_w}}  probability"]
+    for p in predictions:
+        for rank, (c, prob) in enumerate(zip(p.classes, p.probabilities), start=1):
+            shown = p.path if rank == 1 else ""
+            lines.append(f"{shown:<{path_w}}  {rank:>4}  {c:<{class_w}}  {prob:>11.4f}")
+    return "\n".join(lines)
+
+
+def write_csv(path: str | Path, predictions: Sequence[Prediction]) -> Path:
+    """CSV with columns ``path, rank, class, probability`` (one row per image and rank)."""
+    path = Path(path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "rank", "class", "probability"])
+            for p in predictions:
+                for rank, (c, prob) in enumerate(zip(p.classes, p.probabilities), start=1):
+                    w.writerow([p.path, rank, c, f"{prob:.6f}"])
+
+    atomic_write(path, write)
+    return path

@@ -1,0 +1,80 @@
+"""Tiny end-to-end runs of each stage on the embedded digits (seconds each)."""
+
+import json
+
+import pytest
+import torch
+
+from simclrv2 import checkpoint
+from simclrv2.config import build_config
+from simclrv2.data.datasets import load
+from simclrv2.train import classifier, distill, pretrain
+
+TINY = ["image_size=8", "model=resnet18", "width=0.125", "head_layers=2", "knn_every=1", "knn_k=20",
+        "pretrain.epochs=2", "pretrain.batch_size=256", "finetune.epochs=2", "distill.epochs=1",
+        "supervised.epochs=2", "device=cpu"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg = build_config("digits", overrides=TINY)
+    return cfg, load(cfg.data)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tiny, tmp_path_factory):
+    cfg, splits = tiny
+    out = tmp_path_factory.mktemp("pre")
+    result = pretrain.run(cfg, out, splits, show_progress=False)
+    return out, result
+
+
+def test_pretrain_writes_checkpoint_config_and_metrics(pretrained, tiny):
+    out, result = pretrained
+    assert (out / "config.yaml").is_file() and (out / "last.safetensors").is_file()
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2]
+    assert all(r["loss"] > 0 and "knn_top1" in r and "images_per_s" in r for r in lines)
+    _, meta = checkpoint.load(out / "last")
+    assert meta["kind"] == "pretrain" and meta["epoch"] == 2 and meta["config"]["pretrain"]["epochs"] == 2
+
+
+def test_finetune_then_distill(pretrained, tiny, tmp_path):
+    cfg, splits = tiny
+    ft = classifier.run_finetune(cfg, tmp_path / "ft", pretrained[0] / "last", splits, show_progress=False)
+    assert (tmp_path / "ft" / "best.safetensors").is_file() and (tmp_path / "ft" / "labeled.txt").is_file()
+    assert len(ft["history"]) == 2 and 0 <= ft["final"]["val_top1"] <= 100
+    _, meta = checkpoint.load(tmp_path / "ft" / "last")
+    assert meta["arch"]["head_kept"] == 1 and meta["labeled"] == len((tmp_path / "ft" / "labeled.txt").read_text().split())
+
+    teacher_before, _ = checkpoint.load(tmp_path / "ft" / "last")
+    ds = distill.run(cfg, tmp_path / "ds", tmp_path / "ft" / "last", splits, show_progress=False)
+    assert ds["teacher_val"]["top1"] == pytest.approx(ft["final"]["val_top1"])
+    teacher_after, _ = checkpoint.load(tmp_path / "ft" / "last")
+    assert all(torch.equal(teacher_before[k], teacher_after[k]) for k in teacher_before)
+    net, meta = classifier.load_classifier(tmp_path / "ds" / "best")
+    assert meta["stage"] == "distill" and net(torch.rand(2, 3, 8, 8)).shape == (2, 10)
+
+
+def test_big_to_small_student(pretrained, tiny, tmp_path):
+    cfg, splits = tiny
+    classifier.run_finetune(cfg, tmp_path / "ft", pretrained[0] / "last", splits, show_progress=False)
+    small = build_config("digits", overrides=TINY + ["distill.student=resnet18", "distill.student_width=0.0625"])
+    ds = distill.run(small, tmp_path / "ds", tmp_path / "ft" / "last", splits, show_progress=False)
+    _, teacher_meta = checkpoint.load(tmp_path / "ft" / "last")
+    _, student_meta = checkpoint.load(tmp_path / "ds" / "last")
+    assert student_meta["arch"]["width"] == 0.0625 and ds["params"] < teacher_meta["params"]
+
+
+def test_supervised_baseline_uses_the_same_labels(tiny, tmp_path, pretrained):
+    cfg, splits = tiny
+    classifier.run_supervised(cfg, tmp_path / "sup", splits, show_progress=False)
+    classifier.run_finetune(cfg, tmp_path / "ft", pretrained[0] / "last", splits, show_progress=False)
+    assert (tmp_path / "sup" / "labeled.txt").read_text() == (tmp_path / "ft" / "labeled.txt").read_text()
+
+
+def test_finetune_refuses_a_classifier_checkpoint_as_pretrained(tiny, tmp_path, pretrained):
+    cfg, splits = tiny
+    classifier.run_supervised(cfg, tmp_path / "sup", splits, show_progress=False)
+    with pytest.raises(checkpoint.CheckpointError, match="fine-tuning starts from a pretrain checkpoint"):
+        classifier.run_finetune(cfg, tmp_path / "ft", tmp_path / "sup" / "last", splits)
