@@ -106,6 +106,14 @@ def test_views_are_float_in_unit_range(dtype, hw, size, blur):
         assert out.min() >= 0 and out.max() <= 1 and torch.isfinite(out).all()
 
 
+def test_colour_ops_take_uint8():
+    x = colourful_images(4, 8)
+    as_float = TF.to_dtype(x, torch.float32, scale=True)
+    assert torch.equal(G.random_grayscale(x, p=0.0, generator=gen()), as_float)
+    assert torch.equal(G.color_jitter(x, 0.5, p=0.0, generator=gen()), as_float)
+    assert torch.equal(G.gaussian_blur(x, p=0.0, kernel_size=3, generator=gen()), as_float)
+
+
 def test_same_seed_same_views_other_seed_other_views():
     x = colourful_images(16, 32)
     a, b = G.simclr_views(x, 32, generator=gen(1)), G.simclr_views(x, 32, generator=gen(1))

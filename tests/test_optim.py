@@ -90,3 +90,12 @@ def test_lr_at_warmup_then_cosine():
     values = [lr_at(s, peak, warm, total) for s in range(warm, total)]
     assert all(a >= b for a, b in zip(values, values[1:]))
     assert lr_at(0, 1.0, 0, 100) == pytest.approx(1.0)  # no warmup
+
+
+def test_supervised_head_is_excluded_like_the_official_head_supervised():
+    from simclrv2.models.networks import Classifier
+
+    clf = Classifier(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)), nn.Identity(), 4, 2)
+    decay, no_decay = param_groups(clf, 1e-4)
+    assert {id(p) for p in decay["params"]} == {id(clf.encoder[0].weight)}
+    assert id(clf.fc.weight) in {id(p) for p in no_decay["params"]}

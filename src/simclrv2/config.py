@@ -52,6 +52,7 @@ class AugConfig:
     color_strength: float = 1.0  # colour-jitter strength s (CIFAR: 0.5)
     blur: bool | None = None  # Gaussian blur; None: on for images of 96 px and more
     min_scale: float = 0.08  # smallest crop area fraction of random resized crop
+    flip: float = 0.5  # horizontal-flip probability (0 for data where left/right matters, e.g. digits)
     backend: str = "batched"  # batched (on the training device) | torchvision (per image, workers)
 
 
@@ -105,6 +106,7 @@ class DistillConfig(OptimConfig):
     student: str | None = None  # student encoder; None: the teacher's (self-distillation)
     student_width: float | None = None  # None: the teacher's width
     student_sk_ratio: float | None = None
+    init: str = "scratch"  # student start: scratch | pretrained (the teacher's pretrained encoder; same architecture)
 
 
 @dataclass
@@ -174,6 +176,8 @@ class Config:
         _check(0 <= self.pretrain.memory_momentum < 1, "pretrain.memory_momentum must be in [0, 1)")
         _check(self.distill.temperature > 0, f"distill.temperature must be > 0 (got {self.distill.temperature})")
         _check(0 <= self.distill.alpha <= 1, "distill.alpha must be in [0, 1]")
+        _check(self.distill.init in ("scratch", "pretrained"), "distill.init must be scratch or pretrained")
+        _check(0 <= self.aug.flip <= 1, "aug.flip must be in [0, 1]")
         return self
 
 
@@ -219,17 +223,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     "digits": {
         "labels": 0.1,
         "label_fractions": [0.01, 0.1],
-        "data": {"dataset": "digits", "image_size": 16, "val_fraction": 0.2},
+        "data": {"dataset": "digits", "image_size": 8, "val_fraction": 0.2},
         "model": {"model": "resnet18", "width": 0.25, "cifar_stem": True, "head_layers": 3},
-        "aug": {"color_strength": 0.5, "blur": False, "min_scale": 0.3},
+        "aug": {"color_strength": 0.5, "blur": False, "min_scale": 0.3, "flip": 0.0},  # a mirrored digit is another digit
         "pretrain": {"epochs": 60, "batch_size": 256, "lr": 1.0, "lr_scaling": "linear",
                      "warmup_epochs": 5, "weight_decay": 1e-4, "temperature": 0.2,
                      "knn_every": 10, "knn_k": 50},
-        "finetune": {"epochs": 30, "batch_size": 64, "lr": 0.01, "lr_scaling": "sqrt",
+        "finetune": {"epochs": 100, "batch_size": 32, "lr": 0.01, "lr_scaling": "sqrt",
                      "weight_decay": 0.0},
-        "distill": {"epochs": 30, "batch_size": 256, "lr": 1.0, "lr_scaling": "linear",
+        "distill": {"epochs": 60, "batch_size": 128, "lr": 1.0, "lr_scaling": "linear",
                     "warmup_epochs": 3, "weight_decay": 1e-4, "temperature": 1.0, "alpha": 1.0},
-        "supervised": {"epochs": 30, "batch_size": 64, "lr": 0.05, "lr_scaling": "linear",
+        "supervised": {"epochs": 100, "batch_size": 32, "lr": 0.4, "lr_scaling": "linear",
                        "optimizer": "sgd", "weight_decay": 5e-4},
     },
 }

@@ -47,6 +47,11 @@ def _bernoulli(n: int, p: float, generator: torch.Generator | None, device: torc
     return torch.rand(n, generator=generator, device=device) < p
 
 
+def _float01(x: Tensor) -> Tensor:
+    """Float32 in [0, 1]: uint8 is scaled by 1/255 (as ``v2.ToDtype(scale=True)``), floats kept."""
+    return x.float().mul_(1 / 255) if x.dtype == torch.uint8 else x.float()
+
+
 def _as_tensor(v: Tensor | float, x: Tensor) -> Tensor:
     """``v`` as a tensor on ``x``'s device (a fill, not a host-to-device copy, which would sync)."""
     if isinstance(v, Tensor):
@@ -125,8 +130,9 @@ def resized_crop(images: Tensor, boxes: Tensor, size: int, flip: Tensor | None =
     x = images.float()
     wy = _resize_weights(boxes[:, 0], boxes[:, 2], height, size, None, 1.0)  # [N, S, H]
     wx = _resize_weights(boxes[:, 1], boxes[:, 3], width, size, flip, gain)  # [N, S, W]
-    rows = torch.bmm(x.reshape(n, c * height, width), wx.transpose(1, 2))  # [N, C*H, S]
-    out = torch.matmul(wy.unsqueeze(1), rows.view(n, c, height, size))  # [N, C, S, S]
+    with torch.autocast(x.device.type, enabled=False):  # float32 even inside the caller's autocast
+        rows = torch.bmm(x.reshape(n, c * height, width), wx.transpose(1, 2))  # [N, C*H, S]
+        out = torch.matmul(wy.unsqueeze(1), rows.view(n, c, height, size))  # [N, C, S, S]
     return out.clamp_(0, 1)  # weights sum to 1 up to rounding
 
 
@@ -158,7 +164,7 @@ def _blend_op(x: Tensor, alpha: Tensor, beta: Tensor, gamma: Tensor) -> Tensor:
     are all of this form, so one slot of the colour jitter serves every op for every image.
     """
     gray = rgb_to_grayscale(x)
-    offset = gray * _per_image(beta, x) + gray.mean((2, 3), keepdim=True) * _per_image(gamma, x)
+    offset = torch.addcmul(gray.mean((2, 3), keepdim=True) * _per_image(gamma, x), gray, _per_image(beta, x))
     return torch.addcmul(offset, x, _per_image(alpha, x)).clamp_(0, 1)
 
 
@@ -194,10 +200,11 @@ def adjust_hue(x: Tensor, shift: Tensor | float) -> Tensor:
     is_r, is_g = maxc == r, maxc == g
     num = torch.where(is_r, g - b, torch.where(is_g, (b - r).add_(chroma, alpha=2), (r - g).add_(chroma, alpha=4)))
     hue6 = num.div_(torch.where(chroma > 0, chroma, 1.0))  # in [-1, 5]
-    hue6 = hue6.add_(_as_tensor(shift, x).reshape(-1, 1, 1), alpha=6.0).add_(6.0).remainder_(6.0)
+    hue6 = hue6.add_(_as_tensor(shift, x).reshape(-1, 1, 1), alpha=6.0)
     n = torch.arange(5.0, 0.0, -2.0, device=x.device).view(1, 3, 1, 1)  # R, G, B
-    k = (hue6.unsqueeze(1) + n).remainder_(6.0)
-    weight = torch.minimum(k, 4.0 - k).clamp_(0, 1)
+    k = hue6.unsqueeze(1) + n
+    k = k.sub_(torch.floor(k * (1 / 6)).mul_(6))  # mod 6 (torch.remainder is slow on CPU); the
+    weight = torch.minimum(k, 4.0 - k).clamp_(0, 1)  # weight is continuous across the wrap
     return torch.addcmul(maxc.unsqueeze(1), chroma.unsqueeze(1), weight, value=-1)
 
 
@@ -260,7 +267,7 @@ def color_jitter(x: Tensor, brightness: float = 0.0, contrast: float = 0.0, satu
     Factors are uniform in ``[max(0, 1 - v), 1 + v]`` (hue shift in ``[-hue, hue]``), the op order
     is a uniform random permutation per image, exactly as torchvision's ``ColorJitter``.
     """
-    x = x.float()
+    x = _float01(x)
     prm = _jitter_params(x.shape[0], brightness, contrast, saturation, hue, p, generator, x.device)
     if all(prm[k] is None for k in ("brightness", "contrast", "saturation", "hue")):
         return x
@@ -270,7 +277,7 @@ def color_jitter(x: Tensor, brightness: float = 0.0, contrast: float = 0.0, satu
 
 def random_grayscale(x: Tensor, p: float = 0.2, generator: torch.Generator | None = None) -> Tensor:
     """``RandomGrayscale(p)``: the luma copied to all 3 channels, per image with probability ``p``."""
-    x = x.float()
+    x = _float01(x)
     apply = _bernoulli(x.shape[0], p, generator, x.device)
     return torch.where(apply.view(-1, 1, 1, 1), rgb_to_grayscale(x).expand_as(x), x)
 
@@ -290,16 +297,18 @@ def apply_gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
     ``gaussian_blur`` -- one depthwise (grouped) conv per direction for the whole batch."""
     if kernel_size % 2 == 0 or kernel_size < 1:
         raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
+    x = _float01(x)
     if kernel_size == 1:
-        return x.float()
+        return x
     n, c, height, width = x.shape
     r = kernel_size // 2
     t = torch.arange(-r, r + 1, dtype=torch.float32, device=x.device)
     kernel = torch.softmax(-0.5 * (t / sigma.float().reshape(-1, 1)) ** 2, dim=1)  # [N, k], sums to 1
     weight = kernel.repeat_interleave(c, 0)  # [N*C, k]
-    y = F.pad(x.float().reshape(1, n * c, height, width), (r, r, r, r), mode="reflect")
-    y = F.conv2d(y, weight.view(n * c, 1, 1, kernel_size), groups=n * c)
-    y = F.conv2d(y, weight.view(n * c, 1, kernel_size, 1), groups=n * c)
+    y = F.pad(x.reshape(1, n * c, height, width), (r, r, r, r), mode="reflect")
+    with torch.autocast(x.device.type, enabled=False):
+        y = F.conv2d(y, weight.view(n * c, 1, 1, kernel_size), groups=n * c)
+        y = F.conv2d(y, weight.view(n * c, 1, kernel_size, 1), groups=n * c)
     return y.view(n, c, height, width).clamp_(0, 1)  # weights sum to 1 up to rounding
 
 
@@ -311,7 +320,7 @@ def gaussian_blur(x: Tensor, p: float = 0.5, sigma_range: tuple[float, float] = 
     sigma = _uniform(n, sigma_range[0], sigma_range[1], generator, device)
     apply = _bernoulli(n, p, generator, device)
     k = blur_kernel_size(x.shape[-2]) if kernel_size is None else kernel_size
-    x = x.float()
+    x = _float01(x)
     return torch.where(apply.view(-1, 1, 1, 1), apply_gaussian_blur(x, sigma, k), x)
 
 
@@ -330,7 +339,7 @@ def to_float(images: Tensor, size: int | None = None, crop_proportion: float = 0
     """Evaluation view: uint8 -> float in [0, 1]. Images already ``size`` x ``size`` (or
     ``size=None``) are only converted; others get the official eval transform, a central crop
     keeping ``crop_proportion`` of the shorter side resized to ``size`` (bicubic, antialiased)."""
-    x = images.float().mul_(1 / 255) if images.dtype == torch.uint8 else images.float()  # as v2.ToDtype
+    x = _float01(images)
     height, width = x.shape[-2:]
     if size is None or (height == size and width == size):
         return x.contiguous()
@@ -340,11 +349,11 @@ def to_float(images: Tensor, size: int | None = None, crop_proportion: float = 0
 
 
 def simclr_views(images: Tensor, size: int, strength: float = 1.0, blur: bool | None = None,
-                 min_scale: float = 0.08, generator: torch.Generator | None = None) -> Tensor:
+                 min_scale: float = 0.08, generator: torch.Generator | None = None, flip: float = 0.5) -> Tensor:
     """One SimCLR view per image: crop (scale ``(min_scale, 1)``) + flip, colour jitter
     (0.8s, 0.8s, 0.8s, 0.2s) with p 0.8, grayscale p 0.2, blur p 0.5 (``blur=None``: on iff
     ``size >= 96``). Call twice (or on the batch repeated) for the two views."""
-    x = random_resized_crop(images, size, (min_scale, 1.0), generator=generator)
+    x = random_resized_crop(images, size, (min_scale, 1.0), flip_p=flip, generator=generator)
     if strength > 0:
         x = color_jitter(x, 0.8 * strength, 0.8 * strength, 0.8 * strength, 0.2 * strength, p=0.8,
                          generator=generator)
@@ -354,6 +363,7 @@ def simclr_views(images: Tensor, size: int, strength: float = 1.0, blur: bool | 
     return x
 
 
-def crop_flip(images: Tensor, size: int, min_scale: float = 0.08, generator: torch.Generator | None = None) -> Tensor:
-    """Fine-tuning / distillation view: random resized crop and horizontal flip only."""
-    return random_resized_crop(images, size, (min_scale, 1.0), generator=generator)
+def crop_flip(images: Tensor, size: int, min_scale: float = 0.08, generator: torch.Generator | None = None,
+              flip: float = 0.5) -> Tensor:
+    """Fine-tuning / distillation view: random resized crop and horizontal flip (probability ``flip``) only."""
+    return random_resized_crop(images, size, (min_scale, 1.0), flip_p=flip, generator=generator)

@@ -19,10 +19,11 @@ class ViewMaker:
 
     def __init__(self, kind: str, size: int, strength: float = 1.0, blur: bool | None = None,
                  min_scale: float = 0.08, backend: str = "batched", seed: int = 0,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", flip: float = 0.5) -> None:
         if kind not in ("simclr", "crop_flip", "none"):
             raise ValueError(f"unknown augmentation kind {kind!r}")
         self.kind, self.size, self.strength, self.blur, self.min_scale = kind, size, strength, blur, min_scale
+        self.flip = flip
         self.backend = backend
         device = torch.device(device)
         self.generator = torch.Generator(device=device).manual_seed(seed)
@@ -41,22 +42,24 @@ class ViewMaker:
     @classmethod
     def for_pretraining(cls, cfg: Config, device: torch.device, seed: int) -> "ViewMaker":
         a = cfg.aug
-        return cls("simclr", cfg.data.image_size, a.color_strength, a.blur, a.min_scale, a.backend, seed, device)
+        return cls("simclr", cfg.data.image_size, a.color_strength, a.blur, a.min_scale, a.backend, seed, device,
+                   a.flip)
 
     @classmethod
     def for_finetuning(cls, cfg: Config, device: torch.device, seed: int) -> "ViewMaker":
         a = cfg.aug
         return cls("crop_flip", cfg.data.image_size, min_scale=a.min_scale, backend=a.backend, seed=seed,
-                   device=device)
+                   device=device, flip=a.flip)
 
     def __call__(self, x: Tensor) -> Tensor:
         if self._per_image is not None:
             out = torch.stack([self._per_image(img.cpu()) for img in x]).to(x.device)
         elif self.kind == "simclr":
             out = gpu_augment.simclr_views(x, self.size, strength=self.strength, blur=self.blur,
-                                           min_scale=self.min_scale, generator=self.generator)
+                                           min_scale=self.min_scale, generator=self.generator, flip=self.flip)
         elif self.kind == "crop_flip":
-            out = gpu_augment.crop_flip(x, self.size, min_scale=self.min_scale, generator=self.generator)
+            out = gpu_augment.crop_flip(x, self.size, min_scale=self.min_scale, generator=self.generator,
+                                        flip=self.flip)
         else:
             out = gpu_augment.to_float(x, self.size)
         if self.channels_last:

@@ -35,6 +35,7 @@ class Classifier(nn.Module):
         self.encoder = encoder
         self.head = head_layers
         self.fc = nn.Linear(feature_dim, num_classes)
+        self.fc.lars_exclude = True  # as the official 'head_supervised': no weight decay, no trust ratio
         if zero_init:  # the official fine-tuning code starts from zero logits
             nn.init.zeros_(self.fc.weight)
             nn.init.zeros_(self.fc.bias)

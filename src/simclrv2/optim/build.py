@@ -9,14 +9,16 @@ from simclrv2.optim.lars import LARS
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: weights (decayed, LARS-adapted) and BN/bias parameters (``exclude=True``)."""
+    """Two groups: weights (decayed, LARS-adapted) and the rest (``exclude=True``): BN parameters,
+    biases, and modules marked ``lars_exclude`` (the supervised classifier, as in the official code)."""
     decay, no_decay = [], []
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
             if not p.requires_grad:
                 continue
             is_norm = isinstance(module, nn.modules.batchnorm._NormBase | nn.GroupNorm | nn.LayerNorm)
-            (no_decay if is_norm or name == "bias" or p.ndim <= 1 else decay).append(p)
+            excluded = is_norm or name == "bias" or p.ndim <= 1 or getattr(module, "lars_exclude", False)
+            (no_decay if excluded else decay).append(p)
     return [dict(params=decay, weight_decay=weight_decay, exclude=False),
             dict(params=no_decay, weight_decay=0.0, exclude=True)]
 

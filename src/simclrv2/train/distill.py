@@ -9,13 +9,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from simclrv2 import checkpoint, distributed
 from simclrv2.config import Config
 from simclrv2.data import datasets, subsets
 from simclrv2.data.views import ViewMaker
 from simclrv2.losses import distill_loss
 from simclrv2.models.networks import arch_of, build_network
 from simclrv2.train.classifier import labeled_subset, load_classifier
-from simclrv2 import distributed
 from simclrv2.train.common import (autocast, count_params, evaluate_classifier, make_stepper, open_run_dir,
                                    prepare_model, start, steps_per_epoch)
 from simclrv2.train.loop import Stage, fit
@@ -66,6 +66,8 @@ def run(cfg: Config, out_dir: str | Path, teacher_path: str | Path, splits: data
     teacher = freeze(prepare_model(teacher_net, device))  # never wrapped in DDP: it does not train
     arch = arch_of(cfg.model, len(teacher_meta["classes"]), 0)
     net = build_network(arch)
+    if d.init == "pretrained":
+        init_from_pretrained(net, teacher_meta)
     model = rt.wrap(net, cfg.compile)
     n = images.shape[0]
     batch = rt.global_batch(d.batch_size, n)
@@ -98,6 +100,17 @@ def run(cfg: Config, out_dir: str | Path, teacher_path: str | Path, splits: data
     result = fit(stage, loss_of, evaluate, resume=resume or found, show_progress=show_progress)
     return {**result, "checkpoint": str(out / "best"), "params": count_params(net),
             "teacher_val": meta.get("teacher_val")}
+
+
+def init_from_pretrained(student: nn.Module, teacher_meta: dict[str, Any]) -> None:
+    """Start the student's encoder from the checkpoint the teacher was fine-tuned from."""
+    source = teacher_meta.get("pretrained")
+    if not source:
+        raise checkpoint.CheckpointError("distill.init=pretrained: the teacher's checkpoint does not name the "
+                                         "pretrain checkpoint it was fine-tuned from")
+    tensors, _ = checkpoint.load(source)
+    checkpoint.load_weights(student.encoder, tensors, source=f"pretrained encoder {source} (distill.init=pretrained)",
+                            prefix="encoder.")
 
 
 def _labeled_indices(cfg: Config, splits: datasets.Splits, out: Path, teacher_list: Path) -> torch.Tensor:
