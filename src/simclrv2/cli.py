@@ -1,4 +1,4 @@
-"""Command line: ``simclrv2 {pretrain,finetune,distill,supervised,evaluate,pipeline} ...``.
+"""Command line: ``simclrv2 {pretrain,finetune,distill,supervised,evaluate,pipeline,embed,predict,export} ...``.
 
 Configuration comes from a preset (``--preset``), then a YAML file (``--config``), then ``key=value``
 overrides; a stage that starts from a checkpoint starts from the config saved in it.
@@ -39,7 +39,9 @@ def _common(p: argparse.ArgumentParser, out_default: str | None = None) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="simclrv2", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="simclrv2", description="SimCLRv2: contrastive pretraining, few-label fine-tuning and distillation.",
+        epilog="Config: --preset, then --config FILE, then key=value overrides (e.g. epochs=10 pretrain.lr=0.3).")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("pretrain", help="contrastive pretraining without labels")

@@ -148,6 +148,12 @@ class Config:
         """Reject values no run can use, naming the key."""
         _check(self.data.image_size > 0, "data.image_size must be > 0")
         _check(0 < self.data.val_fraction < 1, "data.val_fraction must be in (0, 1)")
+        from simclrv2.models.registry import list_encoders
+
+        _check(self.model.model in list_encoders(),
+               f"unknown model {self.model.model!r}; choose one of {', '.join(list_encoders())}")
+        _check(self.distill.student is None or self.distill.student in list_encoders(),
+               f"unknown distill.student {self.distill.student!r}; choose one of {', '.join(list_encoders())}")
         _check(self.model.width > 0, "model.width must be > 0")
         _check(0 <= self.model.sk_ratio < 1, "model.sk_ratio must be in [0, 1)")
         _check(self.model.head_layers >= 0, "model.head_layers must be >= 0")

@@ -47,9 +47,13 @@ def _bernoulli(n: int, p: float, generator: torch.Generator | None, device: torc
     return torch.rand(n, generator=generator, device=device) < p
 
 
-def _float01(x: Tensor) -> Tensor:
-    """Float32 in [0, 1]: uint8 is scaled by 1/255 (as ``v2.ToDtype(scale=True)``), floats kept."""
-    return x.float().mul_(1 / 255) if x.dtype == torch.uint8 else x.float()
+def _float01(x: Tensor, copy: bool = False) -> Tensor:
+    """Float32 in [0, 1]: uint8 is scaled by 1/255 (as ``v2.ToDtype(scale=True)``), floats kept --
+    copied if ``copy``, so that the result may be modified in place."""
+    if x.dtype == torch.uint8:
+        return x.float().mul_(1 / 255)
+    y = x.float()  # x itself if already float32
+    return y.clone() if copy and y is x else y
 
 
 def _as_tensor(v: Tensor | float, x: Tensor) -> Tensor:
@@ -157,67 +161,74 @@ def rgb_to_grayscale(x: Tensor) -> Tensor:
     return r.mul(_GRAY_WEIGHTS[0]).add_(g, alpha=_GRAY_WEIGHTS[1]).add_(b, alpha=_GRAY_WEIGHTS[2]).unsqueeze(1)
 
 
-def _blend_op(x: Tensor, alpha: Tensor, beta: Tensor, gamma: Tensor) -> Tensor:
-    """``clamp(alpha * x + beta * gray(x) + gamma * mean(gray(x)), 0, 1)`` with per-image coefficients.
+# The colour ops below come in two forms: public pure functions, and private in-place ones
+# (trailing underscore) that the pipeline runs on the buffer the crop produced, so that a view
+# costs one full-size allocation, not one per op (fresh CPU allocations are slow: page faults).
+
+
+def _blend_(x: Tensor, alpha: Tensor, beta: Tensor, gamma: Tensor) -> Tensor:
+    """In place: ``clamp(alpha * x + beta * gray(x) + gamma * mean(gray(x)), 0, 1)``, per image.
 
     Brightness (b, 0, 0), contrast (c, 0, 1 - c), saturation (s, 1 - s, 0) and identity (1, 0, 0)
     are all of this form, so one slot of the colour jitter serves every op for every image.
     """
     gray = rgb_to_grayscale(x)
-    offset = torch.addcmul(gray.mean((2, 3), keepdim=True) * _per_image(gamma, x), gray, _per_image(beta, x))
-    return torch.addcmul(offset, x, _per_image(alpha, x)).clamp_(0, 1)
+    mean_term = gray.mean((2, 3), keepdim=True).mul_(_per_image(gamma, x))
+    offset = torch.addcmul(mean_term, gray, _per_image(beta, x), out=gray)
+    return torch.addcmul(offset, x, _per_image(alpha, x), out=x).clamp_(0, 1)
 
 
-def adjust_brightness(x: Tensor, factor: Tensor | float) -> Tensor:
-    """``x * factor`` clipped to [0, 1] (torchvision's multiplicative brightness)."""
-    return x.mul(_per_image(factor, x)).clamp_(0, 1)
-
-
-def adjust_contrast(x: Tensor, factor: Tensor | float) -> Tensor:
-    """Blend with the image's mean gray level (torchvision)."""
-    f = _as_tensor(factor, x)
-    return _blend_op(x, f, torch.zeros_like(f), 1 - f)
-
-
-def adjust_saturation(x: Tensor, factor: Tensor | float) -> Tensor:
-    """Blend with the pixel's gray level (torchvision)."""
-    f = _as_tensor(factor, x)
-    return _blend_op(x, f, 1 - f, torch.zeros_like(f))
-
-
-def adjust_hue(x: Tensor, shift: Tensor | float) -> Tensor:
-    """Rotate the HSV hue by ``shift`` (in turns, [-0.5, 0.5]), keeping S and V (torchvision).
+def _hue_(x: Tensor, shift: Tensor | float, mask: Tensor | None = None) -> Tensor:
+    """In place: rotate the HSV hue by ``shift`` turns (images where ``mask``; all if None).
 
     The RGB->HSV->RGB round trip is written without the 6-way case split: with chroma
     ``C = max - min`` and ``k_n = (n + 6 h) mod 6``, channel ``n`` in (R 5, G 3, B 1) is
-    ``max - C * clamp(min(k_n, 4 - k_n), 0, 1)``.
+    ``max - C * clamp(min(k_n, 4 - k_n), 0, 1)``, and ``min(k, 4 - k) = 2 - |k - 2|``.
     """
     r, g, b = x.unbind(1)
-    maxc = torch.maximum(torch.maximum(r, g), b)  # (faster than aminmax over dim 1 on CPU)
-    minc = torch.minimum(torch.minimum(r, g), b)
-    chroma = maxc - minc
+    maxc = torch.maximum(torch.maximum(r, g), b)  # (aminmax over dim 1 is slow on CPU)
+    chroma = torch.minimum(torch.minimum(r, g), b).neg_().add_(maxc)
     # hue * 6 as torchvision/PIL: the max channel picks the sector (ties: R, then G)
     is_r, is_g = maxc == r, maxc == g
     num = torch.where(is_r, g - b, torch.where(is_g, (b - r).add_(chroma, alpha=2), (r - g).add_(chroma, alpha=4)))
     hue6 = num.div_(torch.where(chroma > 0, chroma, 1.0))  # in [-1, 5]
     hue6 = hue6.add_(_as_tensor(shift, x).reshape(-1, 1, 1), alpha=6.0)
-    n = torch.arange(5.0, 0.0, -2.0, device=x.device).view(1, 3, 1, 1)  # R, G, B
-    k = hue6.unsqueeze(1) + n
-    k = k.sub_(torch.floor(k * (1 / 6)).mul_(6))  # mod 6 (torch.remainder is slow on CPU); the
-    weight = torch.minimum(k, 4.0 - k).clamp_(0, 1)  # weight is continuous across the wrap
-    return torch.addcmul(maxc.unsqueeze(1), chroma.unsqueeze(1), weight, value=-1)
+    k = hue6.unsqueeze(1) + torch.arange(5.0, 0.0, -2.0, device=x.device).view(1, 3, 1, 1)  # R, G, B
+    k = k.sub_(torch.floor(k * (1 / 6)), alpha=6.0)  # mod 6 (torch.remainder is slow on CPU)
+    weight = k.sub_(2.0).abs_().neg_().add_(2.0).clamp_(0, 1)
+    if mask is None:
+        return torch.addcmul(maxc.unsqueeze(1), chroma.unsqueeze(1), weight, value=-1, out=x)
+    out = torch.addcmul(maxc.unsqueeze(1), chroma.unsqueeze(1), weight, value=-1, out=weight)
+    return torch.where(mask.view(-1, 1, 1, 1), out, x, out=x)
 
 
-def apply_color_jitter(x: Tensor, brightness: Tensor | None, contrast: Tensor | None, saturation: Tensor | None,
-                       hue: Tensor | None, order: Tensor) -> Tensor:
-    """Apply the four jitter ops with per-image factors ``[N]`` (None: op off) in the per-image
-    ``order`` ``[N, 4]`` (a permutation of 0 brightness, 1 contrast, 2 saturation, 3 hue, as
-    torchvision's ``fn_idx``), clipping to [0, 1] after each.
+def adjust_brightness(x: Tensor, factor: Tensor | float) -> Tensor:
+    """``x * factor`` clipped to [0, 1] (torchvision's multiplicative brightness), per image."""
+    return _float01(x).mul(_per_image(factor, x)).clamp_(0, 1)
 
-    Vectorised by slots: each slot applies one blend op whose coefficients pick, per image, that
-    image's op. Hue is not a blend, so the order is aligned on it: 3 slots for the ops before hue,
-    hue for all images at once, 3 slots for the ops after -- hue runs once, the cheap ops 6 times.
-    """
+
+def adjust_contrast(x: Tensor, factor: Tensor | float) -> Tensor:
+    """Blend with the image's mean gray level (torchvision), per image."""
+    x = _float01(x, copy=True)
+    f = _as_tensor(factor, x)
+    return _blend_(x, f, torch.zeros_like(f), 1 - f)
+
+
+def adjust_saturation(x: Tensor, factor: Tensor | float) -> Tensor:
+    """Blend with the pixel's gray level (torchvision), per image."""
+    x = _float01(x, copy=True)
+    f = _as_tensor(factor, x)
+    return _blend_(x, f, 1 - f, torch.zeros_like(f))
+
+
+def adjust_hue(x: Tensor, shift: Tensor | float) -> Tensor:
+    """Rotate the HSV hue by ``shift`` (in turns, [-0.5, 0.5]) keeping S and V (torchvision), per image."""
+    return _hue_(_float01(x, copy=True), shift)
+
+
+def _color_jitter_(x: Tensor, brightness: Tensor | None, contrast: Tensor | None, saturation: Tensor | None,
+                   hue: Tensor | None, order: Tensor, apply: Tensor | None = None) -> Tensor:
+    """In place :func:`apply_color_jitter`, leaving the images where ``apply`` is False unchanged."""
     n = x.shape[0]
     one, zero = torch.ones(n, dtype=x.dtype, device=x.device), torch.zeros(n, dtype=x.dtype, device=x.device)
     b = one if brightness is None else brightness.to(x.dtype)
@@ -231,17 +242,32 @@ def apply_color_jitter(x: Tensor, brightness: Tensor | None, contrast: Tensor | 
     if hue is None:
         slots, hue_slot = order.masked_fill(order == 3, _IDENTITY), -1
     else:
-        shift = 3 - (order == 3).to(torch.uint8).argmax(1, keepdim=True)  # moves hue to slot 3
+        offset = 3 - (order == 3).to(torch.uint8).argmax(1, keepdim=True)  # moves hue to slot 3
         slots = torch.full((n, 7), _IDENTITY, dtype=order.dtype, device=x.device)
-        slots.scatter_(1, torch.arange(4, device=x.device) + shift, order)
+        slots.scatter_(1, torch.arange(4, device=x.device) + offset, order)
         hue_slot = 3
+    if apply is not None:
+        slots.masked_fill_(~apply[:, None], _IDENTITY)
     for i in range(slots.shape[1]):
         if i == hue_slot:
-            x = adjust_hue(x, hue)
+            _hue_(x, hue, apply)
         else:
             op = slots[:, i:i + 1]
-            x = _blend_op(x, alpha.gather(1, op), beta.gather(1, op), gamma.gather(1, op))
+            _blend_(x, alpha.gather(1, op), beta.gather(1, op), gamma.gather(1, op))
     return x
+
+
+def apply_color_jitter(x: Tensor, brightness: Tensor | None, contrast: Tensor | None, saturation: Tensor | None,
+                       hue: Tensor | None, order: Tensor) -> Tensor:
+    """Apply the four jitter ops with per-image factors ``[N]`` (None: op off) in the per-image
+    ``order`` ``[N, 4]`` (a permutation of 0 brightness, 1 contrast, 2 saturation, 3 hue, as
+    torchvision's ``fn_idx``), clipping to [0, 1] after each.
+
+    Vectorised by slots: each slot applies one blend op whose coefficients pick, per image, that
+    image's op. Hue is not a blend, so the order is aligned on it: 3 slots for the ops before hue,
+    hue for all images at once, 3 slots for the ops after -- hue runs once, the cheap ops 6 times.
+    """
+    return _color_jitter_(_float01(x, copy=True), brightness, contrast, saturation, hue, order)
 
 
 def _jitter_params(n: int, brightness: float, contrast: float, saturation: float, hue: float, p: float,
@@ -260,6 +286,15 @@ def _jitter_params(n: int, brightness: float, contrast: float, saturation: float
     }
 
 
+def _random_color_jitter_(x: Tensor, brightness: float, contrast: float, saturation: float, hue: float, p: float,
+                          generator: torch.Generator | None) -> Tensor:
+    prm = _jitter_params(x.shape[0], brightness, contrast, saturation, hue, p, generator, x.device)
+    if all(prm[k] is None for k in ("brightness", "contrast", "saturation", "hue")):
+        return x
+    return _color_jitter_(x, prm["brightness"], prm["contrast"], prm["saturation"], prm["hue"], prm["order"],
+                          prm["apply"])
+
+
 def color_jitter(x: Tensor, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0,
                  hue: float = 0.0, p: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
     """``RandomApply([ColorJitter(brightness, contrast, saturation, hue)], p)`` per image.
@@ -267,19 +302,17 @@ def color_jitter(x: Tensor, brightness: float = 0.0, contrast: float = 0.0, satu
     Factors are uniform in ``[max(0, 1 - v), 1 + v]`` (hue shift in ``[-hue, hue]``), the op order
     is a uniform random permutation per image, exactly as torchvision's ``ColorJitter``.
     """
-    x = _float01(x)
-    prm = _jitter_params(x.shape[0], brightness, contrast, saturation, hue, p, generator, x.device)
-    if all(prm[k] is None for k in ("brightness", "contrast", "saturation", "hue")):
-        return x
-    out = apply_color_jitter(x, prm["brightness"], prm["contrast"], prm["saturation"], prm["hue"], prm["order"])
-    return torch.where(prm["apply"].view(-1, 1, 1, 1), out, x)
+    return _random_color_jitter_(_float01(x, copy=True), brightness, contrast, saturation, hue, p, generator)
+
+
+def _random_grayscale_(x: Tensor, p: float, generator: torch.Generator | None) -> Tensor:
+    apply = _bernoulli(x.shape[0], p, generator, x.device)
+    return torch.where(apply.view(-1, 1, 1, 1), rgb_to_grayscale(x), x, out=x)
 
 
 def random_grayscale(x: Tensor, p: float = 0.2, generator: torch.Generator | None = None) -> Tensor:
     """``RandomGrayscale(p)``: the luma copied to all 3 channels, per image with probability ``p``."""
-    x = _float01(x)
-    apply = _bernoulli(x.shape[0], p, generator, x.device)
-    return torch.where(apply.view(-1, 1, 1, 1), rgb_to_grayscale(x).expand_as(x), x)
+    return _random_grayscale_(_float01(x, copy=True), p, generator)
 
 
 # ---------------------------------------------------------------------------------------------
