@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from simclrv2 import checkpoint
+from simclrv2 import report as report_figures
 from simclrv2.config import Config
 from simclrv2.data import datasets
 from simclrv2.eval import knn_predict, linear_eval
@@ -91,7 +92,8 @@ def run(cfg: Config, out_dir: str | Path, show_progress: bool = True, overwrite:
         "torch": torch.__version__, "config": cfg.to_dict(),
     }
     checkpoint.write_json(out / "results.json", results)
-    report = render_report(results)
+    figures = report_figures.write_figures(out, results, splits, resolve_device(cfg.device))
+    report = render_report(results) + report_figures.figures_markdown(figures)
     checkpoint.atomic_write(out / "report.md", lambda p: p.write_text(report))
     return results
 

@@ -8,15 +8,15 @@ The semantics are torchvision's (``transforms.v2``) applied image by image, so t
 :mod:`simclrv2.data.augment` is the per-image reference:
 
 * crop: ``RandomResizedCrop`` box sampling (10 tries, then the central crop), crop then
-  antialiased bilinear resize, written as two batched matrix products ``Wy @ img @ Wx^T`` whose
-  per-image weight matrices hold the crop, the resize (the same weights as
-  ``F.interpolate(..., antialias=True)``) and the horizontal flip;
+  bilinear resize (antialiased when shrinking) and the horizontal flip, all in one resampling op
+  with per-image coordinates: ``grid_sample`` when every crop is enlarged, else two batched
+  matrix products ``Wy @ img @ Wx^T`` with the weights of ``F.interpolate(..., antialias=True)``;
 * colour: ``ColorJitter`` factors and per-image random op order, grayscale with the ITU-R 601
   weights torchvision uses, Gaussian blur with reflect padding.
 
 Unlike the uint8 per-image path the batch stays in float32 throughout (no rounding to 8 bits
-between ops). On CUDA with TF32 matmuls enabled the crop/resize is TF32-accurate (~1e-3), below
-the 8-bit quantisation of the source images.
+between ops). On CUDA with TF32 matmuls enabled the shrinking resize is TF32-accurate (~1e-3),
+below the 8-bit quantisation of the source images.
 """
 
 from __future__ import annotations
@@ -121,22 +121,45 @@ def _resize_weights(start: Tensor, length: Tensor, in_size: int, out_size: int, 
     step = length / out_size
     centre = start + (j[:, :, None] + 0.5) * step  # [N, out, 1], in pixel-edge coordinates
     pixel = torch.arange(in_size, device=device, dtype=torch.float32) + 0.5  # pixel centres
-    weight = (1 - (pixel - centre).abs_() / step.clamp(min=1.0)).clamp_(min=0)
-    weight.mul_((pixel > start) & (pixel < start + length))
+    weight = (pixel - centre).abs_().div_(step.clamp(min=1.0)).neg_().add_(1).clamp_(min=0)  # triangle
+    weight.mul_((pixel > start) & (pixel < start + length))  # only pixels inside the crop
     return weight.mul_(gain / weight.sum(-1, keepdim=True))
+
+
+def _source_coords(start: Tensor, length: Tensor, size: int, flip: Tensor | None) -> Tensor:
+    """``[N, size]`` source pixel index (fractional) of each output pixel when the crop
+    ``[start, start + length)`` is resized to ``size`` by bilinear interpolation (half-pixel
+    centres), clamped into the crop as cropping first then resizing does."""
+    start, length = start.float()[:, None], length.float()[:, None]
+    j = torch.arange(size, device=start.device, dtype=torch.float32).expand(start.shape[0], size)
+    if flip is not None:
+        j = torch.where(flip[:, None], size - 1 - j, j)
+    src = j.add(0.5).mul_(length / size).sub_(0.5).clamp_(min=0)
+    return torch.minimum(src, length - 1).add_(start)
 
 
 def resized_crop(images: Tensor, boxes: Tensor, size: int, flip: Tensor | None = None) -> Tensor:
     """Crop box ``(top, left, height, width)`` of each image, resize it to ``size`` x ``size``
-    (antialiased bilinear, as torchvision's ``resized_crop``) and mirror it where ``flip``."""
+    (bilinear, antialiased when shrinking, as torchvision's ``resized_crop``) and mirror it where
+    ``flip``.
+
+    Images no larger than ``size`` are only ever enlarged: one ``grid_sample`` on the whole batch
+    with per-image sampling grids. Larger images may be shrunk, where bilinear sampling would alias:
+    two batched matrix products ``Wy @ img @ Wx^T`` with PIL's antialiasing weights.
+    """
     n, c, height, width = images.shape
-    gain = 1 / 255 if images.dtype == torch.uint8 else 1.0
-    x = images.float()
-    wy = _resize_weights(boxes[:, 0], boxes[:, 2], height, size, None, 1.0)  # [N, S, H]
-    wx = _resize_weights(boxes[:, 1], boxes[:, 3], width, size, flip, gain)  # [N, S, W]
-    with torch.autocast(x.device.type, enabled=False):  # float32 even inside the caller's autocast
-        rows = torch.bmm(x.reshape(n, c * height, width), wx.transpose(1, 2))  # [N, C*H, S]
-        out = torch.matmul(wy.unsqueeze(1), rows.view(n, c, height, size))  # [N, C, S, S]
+    with torch.autocast(images.device.type, enabled=False):  # float32 even inside the caller's autocast
+        if height <= size and width <= size:
+            ys = _source_coords(boxes[:, 0], boxes[:, 2], size, None).mul_(2 / max(height - 1, 1)).sub_(1)
+            xs = _source_coords(boxes[:, 1], boxes[:, 3], size, flip).mul_(2 / max(width - 1, 1)).sub_(1)
+            grid = torch.stack([xs[:, None, :].expand(n, size, size), ys[:, :, None].expand(n, size, size)], -1)
+            out = F.grid_sample(_float01(images), grid, mode="bilinear", padding_mode="border", align_corners=True)
+        else:
+            gain = 1 / 255 if images.dtype == torch.uint8 else 1.0
+            wy = _resize_weights(boxes[:, 0], boxes[:, 2], height, size, None, 1.0)  # [N, S, H]
+            wx = _resize_weights(boxes[:, 1], boxes[:, 3], width, size, flip, gain)  # [N, S, W]
+            rows = torch.bmm(images.float().reshape(n, c * height, width), wx.transpose(1, 2))  # [N, C*H, S]
+            out = torch.matmul(wy.unsqueeze(1), rows.view(n, c, height, size))  # [N, C, S, S]
     return out.clamp_(0, 1)  # weights sum to 1 up to rounding
 
 
@@ -354,7 +377,10 @@ def gaussian_blur(x: Tensor, p: float = 0.5, sigma_range: tuple[float, float] = 
     apply = _bernoulli(n, p, generator, device)
     k = blur_kernel_size(x.shape[-2]) if kernel_size is None else kernel_size
     x = _float01(x)
-    return torch.where(apply.view(-1, 1, 1, 1), apply_gaussian_blur(x, sigma, k), x)
+    if k == 1:
+        return x
+    blurred = apply_gaussian_blur(x, sigma, k)
+    return torch.where(apply.view(-1, 1, 1, 1), blurred, x, out=blurred)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -386,11 +412,11 @@ def simclr_views(images: Tensor, size: int, strength: float = 1.0, blur: bool | 
     """One SimCLR view per image: crop (scale ``(min_scale, 1)``) + flip, colour jitter
     (0.8s, 0.8s, 0.8s, 0.2s) with p 0.8, grayscale p 0.2, blur p 0.5 (``blur=None``: on iff
     ``size >= 96``). Call twice (or on the batch repeated) for the two views."""
-    x = random_resized_crop(images, size, (min_scale, 1.0), flip_p=flip, generator=generator)
+    x = random_resized_crop(images, size, (min_scale, 1.0), flip_p=flip, generator=generator)  # a new buffer
     if strength > 0:
-        x = color_jitter(x, 0.8 * strength, 0.8 * strength, 0.8 * strength, 0.2 * strength, p=0.8,
-                         generator=generator)
-    x = random_grayscale(x, 0.2, generator)
+        s = strength
+        _random_color_jitter_(x, 0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, 0.8, generator)  # in place
+    _random_grayscale_(x, 0.2, generator)
     if size >= 96 if blur is None else blur:
         x = gaussian_blur(x, 0.5, (0.1, 2.0), blur_kernel_size(size), generator)
     return x

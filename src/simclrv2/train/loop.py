@@ -74,8 +74,9 @@ class _StopFlag:
 
 
 def _train_state(stage: Stage, epoch: int, batch_in_epoch: int, epoch_order_state: Tensor,
-                 history: list[dict[str, Any]], best: float) -> dict[str, Any]:
+                 history: list[dict[str, Any]], best: float, seconds: float) -> dict[str, Any]:
     return {
+        "seconds": seconds,
         "stepper": stage.stepper.state_dict(),
         "epoch": epoch, "batch_in_epoch": batch_in_epoch,
         "order_state": epoch_order_state,
@@ -120,7 +121,11 @@ def fit(stage: Stage, loss_of: Callable[[Tensor], Tensor], evaluate: Callable[[i
         if stage.is_main and show_progress:
             print(f"{stage.name}: resumed from {stage.out / 'last'} at epoch {start_epoch + 1}, "
                   f"batch {start_batch}", flush=True)
-    start = time.time()
+    start, before = time.time(), float(state.get("seconds", 0.0)) if state else 0.0
+
+    def elapsed() -> float:  # training time over all attempts of this run
+        return before + time.time() - start
+
     spe = stage.steps_per_epoch
     with _StopFlag() as stop:
         for epoch in range(start_epoch, stage.epochs):
@@ -145,7 +150,8 @@ def fit(stage: Stage, loss_of: Callable[[Tensor], Tensor], evaluate: Callable[[i
                     if stage.is_main:
                         checkpoint.save(stage.out / "last", stage.net,
                                         {**stage.meta, "epoch": epoch, "interrupted": True},
-                                        _train_state(stage, epoch, i + 1, order_state, history, best))
+                                        _train_state(stage, epoch, i + 1, order_state, history, best,
+                                                     elapsed()))
                     raise Interrupted(f"{stage.name} stopped by signal {stop.signal} at epoch {epoch + 1}, "
                                       f"batch {i + 1}; resume with --resume")
             bar.close()
@@ -169,9 +175,10 @@ def fit(stage: Stage, loss_of: Callable[[Tensor], Tensor], evaluate: Callable[[i
                 if improved:
                     checkpoint.save(stage.out / "best", stage.net, meta)
                 checkpoint.save(stage.out / "last", stage.net, meta,
-                                _train_state(stage, epoch + 1, 0, stage.order.get_state(), history, best))
+                                _train_state(stage, epoch + 1, 0, stage.order.get_state(), history, best,
+                                             elapsed()))
     if stage.epochs == 0 and stage.is_main:
         checkpoint.save(stage.out / "last", stage.net, {**stage.meta, "epoch": 0, "metrics": {}})
     best_record = max(history, key=lambda r: r.get("val_top1", float("-inf"))) if history else {}
     return {"history": history, "best": best_record, "final": history[-1] if history else {},
-            "seconds": time.time() - start}
+            "seconds": elapsed()}
