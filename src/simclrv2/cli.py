@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from simclrv2 import checkpoint
+from simclrv2 import checkpoint, distributed
 from simclrv2.config import Config, ConfigError, from_dict, load_yaml, merge, parse_overrides, preset, preset_names
 from simclrv2.data.datasets import DATASETS, DataError
 from simclrv2.inference import InferenceError, commands as inference_commands
@@ -211,14 +211,17 @@ def main(argv: list[str] | None = None) -> int:
             from simclrv2 import pipeline
 
             results = pipeline.run(resolve_config(args, "pipeline"), args.out, overwrite=args.overwrite)
-            print(pipeline.results_table(results["rows"]))
-            print(f"results: {Path(args.out) / 'results.json'}, report: {Path(args.out) / 'report.md'}")
+            if distributed.current().is_main:
+                print(pipeline.results_table(results["rows"]))
+                print(f"results: {Path(args.out) / 'results.json'}, report: {Path(args.out) / 'report.md'}")
     except ERRORS as e:
         print(f"simclrv2 {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"simclrv2 {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        distributed.cleanup()
     return 0
 
 

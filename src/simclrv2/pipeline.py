@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from simclrv2 import checkpoint
+from simclrv2 import checkpoint, distributed
 from simclrv2 import report as report_figures
 from simclrv2.config import Config
 from simclrv2.data import datasets
@@ -91,10 +91,12 @@ def run(cfg: Config, out_dir: str | Path, show_progress: bool = True, overwrite:
         "rows": rows, "seconds": time.time() - total_start, "device": _device_name(cfg),
         "torch": torch.__version__, "config": cfg.to_dict(),
     }
-    checkpoint.write_json(out / "results.json", results)
-    figures = report_figures.write_figures(out, results, splits, resolve_device(cfg.device))
-    report = render_report(results) + report_figures.figures_markdown(figures)
-    checkpoint.atomic_write(out / "report.md", lambda p: p.write_text(report))
+    if distributed.current().is_main:  # under torchrun every rank trains; rank 0 writes the results
+        checkpoint.write_json(out / "results.json", results)
+        figures = report_figures.write_figures(out, results, splits, resolve_device(cfg.device))
+        report = render_report(results) + report_figures.figures_markdown(figures)
+        checkpoint.atomic_write(out / "report.md", lambda p: p.write_text(report))
+    distributed.barrier()
     return results
 
 

@@ -217,7 +217,7 @@ def _hue_(x: Tensor, shift: Tensor | float, mask: Tensor | None = None) -> Tenso
     hue6 = num.div_(torch.where(chroma > 0, chroma, 1.0))  # in [-1, 5]
     hue6 = hue6.add_(_as_tensor(shift, x).reshape(-1, 1, 1), alpha=6.0)
     k = hue6.unsqueeze(1) + torch.arange(5.0, 0.0, -2.0, device=x.device).view(1, 3, 1, 1)  # R, G, B
-    k = k.sub_(torch.floor(k * (1 / 6)), alpha=6.0)  # mod 6 (torch.remainder is slow on CPU)
+    k = k.sub_(k.mul(1 / 6).floor_(), alpha=6.0)  # mod 6 (torch.remainder is slow on CPU)
     weight = k.sub_(2.0).abs_().neg_().add_(2.0).clamp_(0, 1)
     if mask is None:
         return torch.addcmul(maxc.unsqueeze(1), chroma.unsqueeze(1), weight, value=-1, out=x)

@@ -73,7 +73,10 @@ def check_covers_classes(labels: Tensor, chosen: Tensor, classes: list[str]) -> 
 
 def save_list(names: list[str], chosen: Tensor, path: str | Path) -> None:
     """Write the chosen file names, one per line, so the subset can be reused with ``labels_file``."""
-    Path(path).write_text("".join(names[i] + "\n" for i in chosen.tolist()))
+    from simclrv2.checkpoint import atomic_write
+
+    text = "".join(names[i] + "\n" for i in chosen.tolist())
+    atomic_write(Path(path), lambda p: p.write_text(text))
 
 
 def _class_members(labels: Tensor) -> dict[int, np.ndarray]:
