@@ -34,9 +34,9 @@ SCALES: dict[str, dict] = {
         "aug": {"color_strength": 0.5, "blur": False, "min_scale": 0.2},
         "pretrain": {"epochs": 15, "batch_size": 256, "lr": 1.0, "lr_scaling": "linear", "warmup_epochs": 1,
                      "temperature": 0.5, "knn_every": 3, "knn_k": 200},
-        "finetune": {"epochs": 40, "batch_size": 64, "lr": 0.01, "lr_scaling": "sqrt"},
+        "finetune": {"epochs": 40, "batch_size": 64, "lr": 0.04, "lr_scaling": "sqrt"},
         "supervised": {"epochs": 40, "batch_size": 64, "lr": 0.4, "lr_scaling": "linear"},
-        "distill": {"epochs": 8, "batch_size": 256, "lr": 1.0, "lr_scaling": "linear", "warmup_epochs": 0.5},
+        "distill": {"epochs": 10, "batch_size": 256, "lr": 1.0, "lr_scaling": "linear", "warmup_epochs": 0.5},
     },
     "gpu": {
         "data": {"image_size": 32},

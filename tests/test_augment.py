@@ -112,6 +112,8 @@ def test_colour_ops_take_uint8():
     assert torch.equal(G.random_grayscale(x, p=0.0, generator=gen()), as_float)
     assert torch.equal(G.color_jitter(x, 0.5, p=0.0, generator=gen()), as_float)
     assert torch.equal(G.gaussian_blur(x, p=0.0, kernel_size=3, generator=gen()), as_float)
+    assert torch.equal(G.adjust_brightness(x, 1.0), as_float)
+    torch.testing.assert_close(G.adjust_hue(x, 0.0), as_float, atol=1e-6, rtol=0)
 
 
 def test_same_seed_same_views_other_seed_other_views():
@@ -188,6 +190,15 @@ def test_flip_probability_is_one_half():
     mirrored = (out - xf.flip(-1)).abs().flatten(1).amax(1) < 1e-6
     assert (same | mirrored).all()
     assert_binomial(mirrored.sum(), 2000, 0.5, "flip")
+    no_flip = G.crop_flip(x, 8, min_scale=1.0, generator=gen(), flip=0.0)  # square: the whole image
+    torch.testing.assert_close(no_flip, xf, atol=1e-6, rtol=0)
+    mirrored = xf[:50].flip(-1)
+    always = G.simclr_views(x[:50], 8, strength=0.0, min_scale=1.0, generator=gen(), flip=1.0)
+    gray = G.rgb_to_grayscale(mirrored).expand_as(mirrored)
+    err = torch.minimum((always - mirrored).abs().flatten(1).amax(1), (always - gray).abs().flatten(1).amax(1))
+    assert err.max() < 1e-6  # mirrored, then grayscale or not
+    t = augment.finetune_transform(8, min_scale=1.0, flip=1.0)
+    torch.testing.assert_close(t(x[0]), xf[0].flip(-1), atol=1e-6, rtol=0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -96,3 +96,18 @@ def test_evaluate_a_pretrained_checkpoint(capsys, pretrained, tmp_path):
     assert main(["evaluate", "--checkpoint", str(pretrained / "last"), "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "evaluation.json").read_text())
     assert 0 <= result["knn"]["top1"] <= 100 and 0 <= result["linear"]["top1"] <= 100
+
+
+def test_a_stage_resumes_when_only_other_stages_settings_differ(capsys, pretrained):
+    """A finished pretraining is reused when only fine-tuning settings or label choices changed."""
+    before = (pretrained / "last.safetensors").stat().st_mtime_ns
+    code, err = run(capsys, "pretrain", "--out", str(pretrained), *TINY, "epochs=1", "finetune.lr=0.5", "labels=0.5")
+    assert code == 0, err
+    assert (pretrained / "last.safetensors").stat().st_mtime_ns == before
+
+
+def test_overwrite_replaces_a_run_of_another_config(capsys, tmp_path):
+    out = tmp_path / "o"
+    assert main(["pretrain", "--out", str(out), *TINY, "epochs=1"]) == 0
+    assert main(["pretrain", "--out", str(out), *TINY, "epochs=1", "seed=5", "--overwrite"]) == 0
+    assert "seed: 5" in (out / "config.yaml").read_text()

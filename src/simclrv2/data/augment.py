@@ -43,15 +43,15 @@ def _use_blur(size: int, blur: bool | None) -> bool:
     return size >= 96 if blur is None else blur
 
 
-def simclr_transform(size: int, strength: float = 1.0, blur: bool | None = None,
-                     min_scale: float = 0.08) -> Callable:
-    """The SimCLR view of one image: crop + flip, colour jitter (p 0.8), grayscale (p 0.2),
-    Gaussian blur (p 0.5; ``blur=None``: on iff ``size >= 96``), float in [0, 1]."""
+def simclr_transform(size: int, strength: float = 1.0, blur: bool | None = None, min_scale: float = 0.08,
+                     flip: float = 0.5) -> Callable:
+    """The SimCLR view of one image: crop + flip (probability ``flip``), colour jitter (p 0.8),
+    grayscale (p 0.2), Gaussian blur (p 0.5; ``blur=None``: on iff ``size >= 96``), float in [0, 1]."""
     s = strength
     ops: list[Callable] = [
         v2.ToImage(),
         v2.RandomResizedCrop(size, scale=(min_scale, 1.0), ratio=(3 / 4, 4 / 3), antialias=True),
-        v2.RandomHorizontalFlip(),
+        v2.RandomHorizontalFlip(flip),
         v2.ToDtype(torch.float32, scale=True),  # jitter in float, as the batched path and TF
     ]
     if s > 0:
@@ -64,12 +64,12 @@ def simclr_transform(size: int, strength: float = 1.0, blur: bool | None = None,
     return v2.Compose(ops)
 
 
-def finetune_transform(size: int, min_scale: float = 0.08) -> Callable:
-    """Fine-tuning / distillation view: random resized crop and horizontal flip only."""
+def finetune_transform(size: int, min_scale: float = 0.08, flip: float = 0.5) -> Callable:
+    """Fine-tuning / distillation view: random resized crop and horizontal flip (probability ``flip``) only."""
     return v2.Compose([
         v2.ToImage(),
         v2.RandomResizedCrop(size, scale=(min_scale, 1.0), ratio=(3 / 4, 4 / 3), antialias=True),
-        v2.RandomHorizontalFlip(),
+        v2.RandomHorizontalFlip(flip),
         v2.ToDtype(torch.float32, scale=True),
         v2.ToPureTensor(),
     ])
@@ -108,8 +108,8 @@ class SimCLRViews:
     for a Dataset's transform in the per-image DataLoader path."""
 
     def __init__(self, size: int, strength: float = 1.0, blur: bool | None = None, min_scale: float = 0.08,
-                 n_views: int = 2) -> None:
-        self.transform = simclr_transform(size, strength, blur, min_scale)
+                 flip: float = 0.5, n_views: int = 2) -> None:
+        self.transform = simclr_transform(size, strength, blur, min_scale, flip)
         self.n_views = n_views
 
     def __call__(self, img) -> tuple[Tensor, ...]:

@@ -227,7 +227,8 @@ def _hue_(x: Tensor, shift: Tensor | float, mask: Tensor | None = None) -> Tenso
 
 def adjust_brightness(x: Tensor, factor: Tensor | float) -> Tensor:
     """``x * factor`` clipped to [0, 1] (torchvision's multiplicative brightness), per image."""
-    return _float01(x).mul(_per_image(factor, x)).clamp_(0, 1)
+    x = _float01(x)
+    return x.mul(_per_image(factor, x)).clamp_(0, 1)
 
 
 def adjust_contrast(x: Tensor, factor: Tensor | float) -> Tensor:

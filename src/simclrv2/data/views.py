@@ -34,8 +34,8 @@ class ViewMaker:
 
             torch.manual_seed(seed)
             self._per_image = {
-                "simclr": lambda: augment.simclr_transform(size, strength, blur, min_scale),
-                "crop_flip": lambda: augment.finetune_transform(size, min_scale),
+                "simclr": lambda: augment.simclr_transform(size, strength, blur, min_scale, flip),
+                "crop_flip": lambda: augment.finetune_transform(size, min_scale, flip),
                 "none": lambda: augment.eval_transform(size),
             }[kind]()
 

@@ -77,9 +77,9 @@ def train_classifier(model: nn.Module, net: nn.Module, labeled: datasets.ImageSe
     return {**result, "checkpoint": str(out / "best"), "params": count_params(net)}
 
 
-def _setup(cfg: Config, out_dir: str | Path, splits: datasets.Splits | None, overwrite: bool):
+def _setup(cfg: Config, out_dir: str | Path, splits: datasets.Splits | None, overwrite: bool, stage: str):
     rt = start(cfg)
-    out, found = open_run_dir(out_dir, cfg, overwrite, rt.world.is_main)
+    out, found = open_run_dir(out_dir, cfg, overwrite, rt.world.is_main, stage)
     splits = splits or datasets.load(cfg.data, cfg.workers)
     return out, found, rt, splits
 
@@ -96,7 +96,7 @@ def run_finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path, split
     for key in ("model", "width", "sk_ratio", "cifar_stem", "head_layers", "head_dim", "proj_dim"):
         setattr(cfg.model, key, arch[key])  # the checkpoint decides the architecture
     cfg.validate()
-    out, found, rt, splits = _setup(cfg, out_dir, splits, overwrite)
+    out, found, rt, splits = _setup(cfg, out_dir, splits, overwrite, "finetune")
     labeled = labeled_subset(cfg, splits, out)
     pretrained_net = build_network(arch)
     checkpoint.load_weights(pretrained_net, tensors, source=f"pretrained checkpoint {pretrained}")
@@ -113,7 +113,7 @@ def run_supervised(cfg: Config, out_dir: str | Path, splits: datasets.Splits | N
                    show_progress: bool = True, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """The baseline: the same encoder (+ linear classifier) from random init on the labeled subset only."""
     cfg = copy.deepcopy(cfg)
-    out, found, rt, splits = _setup(cfg, out_dir, splits, overwrite)
+    out, found, rt, splits = _setup(cfg, out_dir, splits, overwrite, "supervised")
     labeled = labeled_subset(cfg, splits, out)
     arch = arch_of(cfg.model, len(splits.classes), 0)
     net = build_network(arch)

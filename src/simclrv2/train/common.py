@@ -242,33 +242,44 @@ class RunDirError(ValueError):
 
 
 IGNORED_FOR_RESUME = ("device", "workers")
+STAGE_SECTIONS = ("pretrain", "finetune", "distill", "supervised")
+LABEL_KEYS = ("labels", "labels_per_class", "labels_file", "label_fractions")
 
 
-def open_run_dir(out_dir: str | Path, cfg: Config, overwrite: bool = False, is_main: bool = True
-                 ) -> tuple[Path, bool]:
+def _relevant(values: dict[str, Any], stage: str | None) -> dict[str, Any]:
+    """The part of a config that decides what ``stage`` computes: a pretraining run does not depend
+    on fine-tuning hyperparameters or label choices, and so on."""
+    values = {k: v for k, v in values.items() if k not in IGNORED_FOR_RESUME}
+    if stage in STAGE_SECTIONS:
+        values = {k: v for k, v in values.items() if k not in STAGE_SECTIONS or k == stage}
+        if stage == "pretrain":
+            values = {k: v for k, v in values.items() if k not in LABEL_KEYS}
+    return values
+
+
+def open_run_dir(out_dir: str | Path, cfg: Config, overwrite: bool = False, is_main: bool = True,
+                 stage: str | None = None) -> tuple[Path, bool]:
     """Create the run directory and save the resolved config in it; say whether to resume.
 
-    A directory holding a checkpoint of the same config is resumed; one holding a different config
-    is refused unless ``overwrite``, so a finished run is never clobbered by accident.
+    A directory holding a checkpoint of the same config (as far as ``stage`` depends on it) is
+    resumed; one holding a different config is refused unless ``overwrite``, so a finished run is
+    never clobbered by accident.
     """
     out = Path(out_dir)
     saved = out / "config.yaml"
     has_checkpoint = (out / "last.safetensors").is_file()
     resume = False
-    if saved.is_file() and has_checkpoint and not overwrite:
+    if saved.is_file() and has_checkpoint:
         import yaml
 
-        old = yaml.safe_load(saved.read_text()) or {}
-        new = cfg.to_dict()
-        for key in IGNORED_FOR_RESUME:
-            old.pop(key, None)
-            new.pop(key, None)
-        if old != new:
+        old = _relevant(yaml.safe_load(saved.read_text()) or {}, stage)
+        new = _relevant(cfg.to_dict(), stage)
+        if old != new and not overwrite:
             flat_old, flat_new = _flatten(old), _flatten(new)
             diff = [k for k in sorted(set(flat_old) | set(flat_new)) if flat_old.get(k) != flat_new.get(k)]
             raise RunDirError(f"{out} holds a run with a different config (differs in: {', '.join(diff)}); "
                               f"choose another --out or pass --overwrite")
-        resume = True
+        resume = old == new
     if not is_main:  # rank 0 prepares the directory; the others only need to know whether to resume
         distributed.barrier()
         return out, resume

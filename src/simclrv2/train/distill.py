@@ -48,7 +48,7 @@ def run(cfg: Config, out_dir: str | Path, teacher_path: str | Path, splits: data
     cfg.validate()
     rt = start(cfg)
     device = rt.device
-    out, found = open_run_dir(out_dir, cfg, overwrite, rt.world.is_main)
+    out, found = open_run_dir(out_dir, cfg, overwrite, rt.world.is_main, "distill")
     splits = splits or datasets.load(cfg.data, cfg.workers)
     if splits.classes and splits.classes != teacher_meta["classes"]:
         raise datasets.DataError(f"the teacher was trained on classes {teacher_meta['classes'][:5]}..., the data "

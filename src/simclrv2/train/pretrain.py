@@ -45,7 +45,7 @@ def run(cfg: Config, out_dir: str | Path, splits: datasets.Splits | None = None,
     """
     cfg = copy.deepcopy(cfg)
     rt = start(cfg)
-    out, found = open_run_dir(out_dir, cfg, overwrite, rt.world.is_main)
+    out, found = open_run_dir(out_dir, cfg, overwrite, rt.world.is_main, "pretrain")
     splits = splits or datasets.load(cfg.data, cfg.workers)
     images = splits.pretrain_images()
     if rt.device.type == "cuda" and cfg.data.on_device:
