@@ -34,7 +34,9 @@ SCALES: dict[str, dict] = {
         "aug": {"color_strength": 0.5, "blur": False, "min_scale": 0.2},
         "pretrain": {"epochs": 15, "batch_size": 256, "lr": 1.0, "lr_scaling": "linear", "warmup_epochs": 1,
                      "temperature": 0.5, "knn_every": 3, "knn_k": 200},
-        "finetune": {"epochs": 40, "batch_size": 64, "lr": 0.04, "lr_scaling": "sqrt"},
+        # SGD, not LARS: with this short schedule LARS's trust ratio keeps the weak encoder nearly frozen
+        "finetune": {"epochs": 40, "batch_size": 64, "lr": 0.4, "lr_scaling": "linear", "optimizer": "sgd",
+                     "weight_decay": 5e-4},
         "supervised": {"epochs": 40, "batch_size": 64, "lr": 0.4, "lr_scaling": "linear"},
         "distill": {"epochs": 10, "batch_size": 256, "lr": 1.0, "lr_scaling": "linear", "warmup_epochs": 0.5},
     },

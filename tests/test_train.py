@@ -78,3 +78,15 @@ def test_finetune_refuses_a_classifier_checkpoint_as_pretrained(tiny, tmp_path, 
     classifier.run_supervised(cfg, tmp_path / "sup", splits, show_progress=False)
     with pytest.raises(checkpoint.CheckpointError, match="fine-tuning starts from a pretrain checkpoint"):
         classifier.run_finetune(cfg, tmp_path / "ft", tmp_path / "sup" / "last", splits)
+
+
+def test_pretrain_with_memory_buffer(tiny, tmp_path):
+    cfg, splits = tiny
+    cfg = build_config("digits", overrides=TINY + ["memory_size=300", "memory_momentum=0.99", "pretrain.epochs=1"])
+    result = pretrain.run(cfg, tmp_path, splits, show_progress=False)
+    state = checkpoint.load_train_state(tmp_path / "last")
+    queue = state["stateful"]["queue"]
+    steps = result["history"][-1]["step"]
+    assert int(queue["filled"]) == min(300, steps * 2 * 256)  # both views of every step were enqueued
+    assert queue["keys"].shape[0] == 300 and queue["keys"].abs().sum() > 0
+    assert torch.isfinite(torch.tensor(result["history"][-1]["loss"]))
