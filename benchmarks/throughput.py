@@ -22,7 +22,6 @@ import platform
 import resource
 import time
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 

@@ -90,3 +90,8 @@ def test_bad_data_paths(tmp_path, case, message):
 def test_resize_uint8_keeps_constant_images_constant():
     x = torch.full((2, 3, 10, 10), 77, dtype=torch.uint8)
     assert torch.equal(resize_uint8(x, 4), torch.full((2, 3, 4, 4), 77, dtype=torch.uint8))
+
+
+def test_cifar_preset_on_an_image_folder_reads_the_folder(image_folder):
+    splits = load(DataConfig(dataset="cifar10", path=str(image_folder), image_size=8))
+    assert splits.classes == ["cat", "dog", "frog"] and len(splits.train) == 27

@@ -139,6 +139,11 @@ def _cifar(cfg: DataConfig, name: str) -> Splits:
     from torchvision import datasets
 
     root = _require_path(cfg)
+    batches = root / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
+    if not cfg.download and not batches.exists() and root.is_dir() and \
+            any(p.suffix.lower() in IMAGE_EXTENSIONS for p in root.rglob("*")):
+        log.info("%s: no torchvision files under %s, reading it as an image folder", name, root)
+        return _folder(cfg, workers=4)
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
     try:
         train = cls(str(root), train=True, download=cfg.download)
