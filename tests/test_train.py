@@ -90,3 +90,12 @@ def test_pretrain_with_memory_buffer(tiny, tmp_path):
     assert int(queue["filled"]) == min(300, steps * 2 * 256)  # both views of every step were enqueued
     assert queue["keys"].shape[0] == 300 and queue["keys"].abs().sum() > 0
     assert torch.isfinite(torch.tensor(result["history"][-1]["loss"]))
+
+
+def test_distill_labeled_term_chooses_and_records_its_subset(pretrained, tiny, tmp_path):
+    cfg, splits = tiny
+    classifier.run_finetune(cfg, tmp_path / "ft", pretrained[0] / "last", splits, show_progress=False)
+    (tmp_path / "ft" / "labeled.txt").unlink()  # a teacher whose subset is unknown
+    mixed = build_config("digits", overrides=TINY + ["distill.alpha=0.5", "labels_per_class=2"])
+    distill.run(mixed, tmp_path / "ds", tmp_path / "ft" / "last", splits, show_progress=False)
+    assert len((tmp_path / "ds" / "labeled.txt").read_text().split()) == 20

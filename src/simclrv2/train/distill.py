@@ -15,7 +15,7 @@ from simclrv2.data import datasets, subsets
 from simclrv2.data.views import ViewMaker
 from simclrv2.losses import distill_loss
 from simclrv2.models.networks import arch_of, build_network
-from simclrv2.train.classifier import labeled_subset, load_classifier
+from simclrv2.train.classifier import load_classifier, select_labeled
 from simclrv2.train.common import (autocast, count_params, evaluate_classifier, make_stepper, open_run_dir,
                                    prepare_model, start, steps_per_epoch)
 from simclrv2.train.loop import Stage, fit
@@ -119,5 +119,6 @@ def _labeled_indices(cfg: Config, splits: datasets.Splits, out: Path, teacher_li
         cfg.labels_file = str(teacher_list)
     if cfg.labels_file:
         return subsets.from_file(splits.train.names, cfg.labels_file)
-    labeled_subset(cfg, splits, out)
-    return subsets.from_file(splits.train.names, out / "labeled.txt")
+    chosen = select_labeled(cfg, splits.train)
+    subsets.save_list(splits.train.names, chosen, out / "labeled.txt")
+    return chosen
