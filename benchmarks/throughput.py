@@ -8,7 +8,14 @@ prefetch has drained) of SimCLR pretraining steps (two views, NT-Xent, LARS) fed
   ceiling       the same model, loss and optimizer on views already on the device
 
 and the augmentation alone (two views per image, no model), ours vs conventional with the same CPU
-budget (``--workers`` worker processes vs as many torch threads). ``--json FILE`` writes the figures.
+budget (``--workers`` worker processes vs as many torch threads). With ``--data FOLDER`` it also
+times the streaming path for folders too large for memory, decoding included on both sides:
+
+  stream                  training fed by workers that only read + decode files, augmented on the device
+  aug_stream              the same without the model
+  aug_conventional_files  PIL open + per-image transforms in the workers (torchvision ImageFolder style)
+
+``--json FILE`` writes the figures.
 
     python benchmarks/throughput.py --device cpu --steps 10            # a quick CPU run
     python benchmarks/throughput.py --device cuda --compile --workers 16 --json gpu.json
@@ -21,6 +28,7 @@ import json
 import platform
 import resource
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -32,6 +40,22 @@ from simclrv2.losses import nt_xent
 from simclrv2.models.networks import build_pretrain_model
 from simclrv2.optim import build_optimizer
 from simclrv2.train.common import autocast, setup_backend
+
+
+class PILFiles(Dataset):
+    """Image files opened with PIL and transformed per image in the workers (torchvision ImageFolder style)."""
+
+    def __init__(self, files: list[str], transform) -> None:
+        self.files, self.transform = files, transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        with Image.open(self.files[i]) as im:
+            return self.transform(im.convert("RGB"))
 
 
 class PILImages(Dataset):
@@ -157,6 +181,8 @@ def measure(args) -> dict:
         step(v1.to(device, non_blocking=True, **kw), v2.to(device, non_blocking=True, **kw))
 
     results["conventional"] = timed(conventional_step, args.warmup + 2 * max(args.workers, 1), args.steps, b)
+    if args.data:
+        measure_streaming(args, device, views, step, results)
     results["ours_over_ceiling"] = results["ours"] / results["ceiling"]
     results["ours_over_conventional"] = results["ours"] / results["conventional"]
     results["aug_ours_over_conventional"] = results["aug_ours"] / results["aug_conventional"]
@@ -165,6 +191,50 @@ def measure(args) -> dict:
     else:
         results["peak_host_memory_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return results
+
+
+def measure_streaming(args, device: torch.device, views: ViewMaker, step: Step, results: dict) -> None:
+    """Large-folder figures, decoding included on both sides: ours streams files through workers that
+    only read and decode (``data.stream=on``) and augments on the device; the conventional path opens
+    each file with PIL and transforms it in the workers."""
+    from simclrv2.data.datasets import list_images
+    from simclrv2.data.feed import BatchFeed
+    from simclrv2.data.files import FileImages
+
+    files = [str(f) for f in list_images(Path(args.data))][: args.num_images]
+    b = args.batch_size
+    drain = args.warmup + 4 * max(args.workers, 1)  # BatchFeed prefetches 4 batches per worker
+    total = drain + args.steps + 1
+
+    def stream_batches():
+        feed = BatchFeed(FileImages(files, args.image_size), device, workers=args.workers, decode=args.decode)
+        order = torch.Generator().manual_seed(1)
+        planned = [torch.randint(0, len(files), (b,), generator=order) for _ in range(total)]
+        feed.plan(planned)
+        return feed, iter(planned)
+
+    feed, planned = stream_batches()
+
+    def aug_stream():
+        x = feed(next(planned))
+        views(x), views(x)
+        sync(device)
+
+    results["aug_stream"] = timed(aug_stream, drain, args.steps, b)
+    conventional = DataLoader(PILFiles(files, SimCLRViews(args.image_size, args.strength, min_scale=args.min_scale)),
+                              batch_size=b, shuffle=True, drop_last=True, num_workers=args.workers,
+                              persistent_workers=args.workers > 0, prefetch_factor=2 if args.workers > 0 else None)
+    from_files = endless(conventional)
+    results["aug_conventional_files"] = timed(lambda: next(from_files), args.warmup + 2 * max(args.workers, 1),
+                                              args.steps, b)
+    feed, planned = stream_batches()
+
+    def stream_step():
+        x = feed(next(planned))
+        step(views(x), views(x))
+
+    results["stream"] = timed(stream_step, drain, args.steps, b)
+    results["aug_stream_over_conventional_files"] = results["aug_stream"] / results["aug_conventional_files"]
 
 
 def main() -> None:
@@ -184,6 +254,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--no-amp", action="store_true")
+    ap.add_argument("--decode", default="workers", choices=("workers", "device"),
+                    help="streamed JPEGs (with --data): decoded in the workers, or on the device (nvJPEG)")
     ap.add_argument("--json", help="write the figures to this file")
     args = ap.parse_args()
     if args.device == "cpu":
@@ -192,10 +264,16 @@ def main() -> None:
     print(f"device {r['device']}, torch {r['torch']}, {r['model']}, batch {r['batch_size']}, "
           f"{r['image_size']} px, {r['workers']} workers, compile {r['compile']}")
     print("| path | images/s |\n|---|---:|")
-    for key in ("conventional", "ours", "ceiling", "aug_conventional", "aug_ours"):
-        print(f"| {key} | {r[key]:,.0f} |")
+    for key in ("conventional", "ours", "ceiling", "aug_conventional", "aug_ours",
+                "stream", "aug_conventional_files", "aug_stream"):
+        if key in r:
+            print(f"| {key} | {r[key]:,.0f} |")
     print(f"ours / ceiling = {r['ours_over_ceiling']:.2f}, ours / conventional = {r['ours_over_conventional']:.2f}, "
           f"augmentation alone: ours / conventional = {r['aug_ours_over_conventional']:.2f}")
+    if "aug_stream" in r:
+        print(f"streaming from files, augmentation alone: ours / conventional = "
+              f"{r['aug_stream_over_conventional_files']:.2f}; training: stream / ceiling = "
+              f"{r['stream'] / r['ceiling']:.2f}")
     mem = r.get("peak_device_memory_gib", r.get("peak_host_memory_gib"))
     print(f"peak {'device' if 'peak_device_memory_gib' in r else 'host'} memory {mem:.2f} GiB")
     if args.json:

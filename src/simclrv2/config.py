@@ -32,7 +32,12 @@ class DataConfig:
     val_fraction: float = 0.1  # held out per class when the data has no validation split
     download: bool = False  # let torchvision download the dataset
     strict: bool = False  # fail on unreadable images instead of skipping them
-    on_device: bool = True  # keep decoded images on the training device when it is a GPU
+    on_device: bool = True  # keep decoded images on the training device when it is a GPU and they fit
+    stream: str = "auto"  # image folders: on = read from disk every epoch | off = decode once into memory |
+    #                       auto = stream when decoded they would exceed memory_gb
+    memory_gb: float = 0.0  # memory decoded images may take before auto streams (0: half the machine's RAM)
+    cache_size: int = 0  # streamed images are decoded at this size, then cropped on the device (0: image_size)
+    decode: str = "workers"  # streamed JPEGs: decoded in DataLoader workers | on the device (nvJPEG)
 
 
 @dataclass
@@ -148,6 +153,11 @@ class Config:
         """Reject values no run can use, naming the key."""
         _check(self.data.image_size > 0, "data.image_size must be > 0")
         _check(0 < self.data.val_fraction < 1, "data.val_fraction must be in (0, 1)")
+        _check(self.data.stream in ("auto", "on", "off"), f"data.stream must be auto, on or off (got {self.data.stream!r})")
+        _check(self.data.decode in ("workers", "device"), f"data.decode must be workers or device (got {self.data.decode!r})")
+        _check(self.data.memory_gb >= 0, "data.memory_gb must be >= 0")
+        _check(self.data.cache_size >= 0, "data.cache_size must be >= 0")
+        _check(self.workers >= 0, "workers must be >= 0")
         from simclrv2.models.registry import list_encoders
 
         _check(self.model.model in list_encoders(),

@@ -35,7 +35,7 @@ def frozen_eval(cfg: Config, pretrained: Path, splits: datasets.Splits, labeled_
     device = resolve_device(cfg.device)
     encoder = net.encoder.to(device).eval()
     idx = subsets.from_file(splits.train.names, labeled_names)
-    train_feats = infer(encoder.forward_features, splits.train.images[idx], device, amp=cfg.amp)
+    train_feats = infer(encoder.forward_features, splits.train.subset(idx).images, device, amp=cfg.amp)
     train_labels = splits.train.labels[idx]
     val_feats = infer(encoder.forward_features, splits.val.images, device, amp=cfg.amp)
     feature_seconds = time.time() - start

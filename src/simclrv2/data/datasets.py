@@ -2,7 +2,9 @@
 
 Every loader returns a :class:`Splits`: the training images (labeled or not), the held-out
 validation images, and optionally extra unlabeled images (STL-10's unlabeled split, or a flat
-folder). Small datasets fit in memory this way and are augmented batch-wise on the device.
+folder). Small datasets fit in memory this way and are augmented batch-wise on the device; image
+folders too large for memory (``data.stream``) stay on disk as :class:`FileImages` and are
+decoded batch by batch while training (:mod:`simclrv2.data.feed`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from simclrv2.config import DataConfig
+from simclrv2.data.errors import DataError
+from simclrv2.data.files import FileImages
 
 log = logging.getLogger(__name__)
 
@@ -26,15 +30,11 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".t
 DATASETS = ("digits", "cifar10", "cifar100", "stl10", "folder")
 
 
-class DataError(ValueError):
-    """The data cannot be used; the message says why."""
-
-
 @dataclass
 class ImageSet:
     """Decoded images with labels (-1 = unlabeled) and the file name of each image."""
 
-    images: Tensor  # uint8 [N, 3, S, S]
+    images: Tensor | FileImages  # uint8 [N, 3, S, S], decoded or (large folders) read from disk
     labels: Tensor  # int64 [N]
     names: list[str]
     classes: list[str] = field(default_factory=list)
@@ -44,7 +44,8 @@ class ImageSet:
 
     def subset(self, index: Tensor | list[int]) -> "ImageSet":
         index = torch.as_tensor(index, dtype=torch.long)
-        return ImageSet(self.images[index], self.labels[index], [self.names[i] for i in index.tolist()],
+        images = self.images.take(index) if isinstance(self.images, FileImages) else self.images[index]
+        return ImageSet(images, self.labels[index], [self.names[i] for i in index.tolist()],
                         self.classes)
 
 
@@ -58,10 +59,12 @@ class Splits:
     def classes(self) -> list[str]:
         return self.train.classes
 
-    def pretrain_images(self) -> Tensor:
+    def pretrain_images(self) -> Tensor | FileImages:
         """Every image that may be used without labels."""
         if self.unlabeled is None:
             return self.train.images
+        if isinstance(self.train.images, FileImages):
+            return self.train.images.concat(self.unlabeled.images)
         return torch.cat([self.train.images, self.unlabeled.images])
 
 
@@ -198,7 +201,9 @@ def _folder(cfg: DataConfig, workers: int) -> Splits:
     else:
         train = _read_tree(root, cfg, workers)
     if not train.classes:
-        return Splits(ImageSet(train.images[:0], train.labels[:0], [], []), None, train)
+        empty = train.subset([])
+        empty.classes = []
+        return Splits(empty, None, train)
     order = np.argsort(np.array(train.names), kind="stable")
     train_idx, val_idx = _split_by_class(train.labels.numpy(), cfg.val_fraction, order)
     return Splits(train.subset(train_idx.tolist()), train.subset(val_idx.tolist()))
@@ -220,6 +225,12 @@ def _read_tree(root: Path, cfg: DataConfig, workers: int, classes: list[str] | N
             labels.append(index[top])
     else:
         classes, labels = [], [-1] * len(files)
+    if should_stream(cfg, len(files)):
+        log.info("streaming %d images from %s (decoded they would take %.1f GB)", len(files), root,
+                 len(files) * 3 * cfg.image_size ** 2 / 2 ** 30)
+        images = FileImages(files, cfg.image_size, cfg.cache_size or None, cfg.strict, workers)
+        return ImageSet(images, torch.tensor(labels, dtype=torch.long), [str(f.relative_to(root)) for f in files],
+                        classes)
     images, ok = decode_images(files, cfg.image_size, workers)
     bad = [str(f) for f, good in zip(files, ok) if not good]
     if bad:
@@ -231,6 +242,23 @@ def _read_tree(root: Path, cfg: DataConfig, workers: int, classes: list[str] | N
         raise DataError(f"none of the {len(files)} images under {root} could be read")
     names = [str(files[i].relative_to(root)) for i in keep]
     return ImageSet(images[keep], torch.tensor([labels[i] for i in keep], dtype=torch.long), names, classes)
+
+
+def memory_budget(cfg: DataConfig) -> int:
+    """Bytes decoded images may take: ``memory_gb``, or half the machine's RAM."""
+    if cfg.memory_gb > 0:
+        return int(cfg.memory_gb * 2 ** 30)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2 ** 30
+
+
+def should_stream(cfg: DataConfig, num_images: int) -> bool:
+    """Whether a folder of ``num_images`` is read from disk every epoch rather than decoded once."""
+    if cfg.stream != "auto":
+        return cfg.stream == "on"
+    return num_images * 3 * cfg.image_size ** 2 > memory_budget(cfg)
 
 
 def decode_images(files: list[Path], size: int, workers: int = 4) -> tuple[Tensor, list[bool]]:

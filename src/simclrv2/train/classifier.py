@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from simclrv2 import checkpoint
 from simclrv2.config import Config, OptimConfig
 from simclrv2.data import datasets, subsets
+from simclrv2.data.feed import BatchFeed
 from simclrv2.data.views import ViewMaker
 from simclrv2.models.networks import arch_of, build_network, classifier_from
 from simclrv2 import distributed
@@ -50,7 +51,7 @@ def train_classifier(model: nn.Module, net: nn.Module, labeled: datasets.ImageSe
                      rt: Runtime, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
     """Cross-entropy training of ``model`` (``net`` unwrapped) on ``labeled``; best/last checkpoints."""
     device = rt.device
-    images = labeled.images.to(device) if device.type == "cuda" else labeled.images
+    images = BatchFeed(labeled.images, device, cfg.data.on_device, cfg.workers, cfg.data.decode)
     labels = labeled.labels.to(device)
     n = len(labeled)
     batch = rt.global_batch(section.batch_size, n)
@@ -58,12 +59,11 @@ def train_classifier(model: nn.Module, net: nn.Module, labeled: datasets.ImageSe
     views = ViewMaker.for_finetuning(cfg, device, seed=rt.rank_seed(2))
     stage = Stage(stage_name, out, net, stepper, meta, n, batch, section.epochs, drop_last=False, order=rt.order,
                   generators={"augment": views.generator}, is_main=rt.world.is_main,
-                  shard=distributed.shard(rt.world))
+                  shard=distributed.shard(rt.world), feeds=[images])
 
     def loss_of(idx: Tensor) -> Tensor:
-        idx = idx.to(images.device)
         with autocast(device, cfg.amp):
-            logits = model(views(images[idx].to(device, non_blocking=True)))
+            logits = model(views(images(idx)))
         return F.cross_entropy(logits.float(), labels[idx.to(labels.device)])
 
     def evaluate(epoch: int) -> dict[str, float]:

@@ -20,6 +20,8 @@ from torch import Tensor, nn
 from simclrv2 import distributed
 from simclrv2.checkpoint import atomic_write
 from simclrv2.config import Config, OptimConfig, save_yaml
+from simclrv2.data.feed import chunks
+from simclrv2.data.files import FileImages
 from simclrv2.optim import build_optimizer, lr_at, scaled_lr
 
 
@@ -171,11 +173,11 @@ def steps_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
 
 
 @torch.no_grad()
-def infer(fn, images: Tensor, device: torch.device, batch_size: int = 512, amp: bool = True) -> Tensor:
+def infer(fn, images: Tensor | FileImages, device: torch.device, batch_size: int = 512, amp: bool = True) -> Tensor:
     """Apply ``fn`` to uint8 images in batches (converted to float [0,1] on the device); float32 out on CPU."""
     outputs = []
-    for start in range(0, images.shape[0], batch_size):
-        x = images[start:start + batch_size].to(device, non_blocking=True).float().div_(255)
+    for chunk in chunks(images, batch_size):
+        x = chunk.to(device, non_blocking=True).float().div_(255)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp):
@@ -242,6 +244,7 @@ class RunDirError(ValueError):
 
 
 IGNORED_FOR_RESUME = ("device", "workers")
+READING_KEYS = ("on_device", "stream", "memory_gb", "decode")  # where images are read from, not what is computed
 STAGE_SECTIONS = ("pretrain", "finetune", "distill", "supervised")
 LABEL_KEYS = ("labels", "labels_per_class", "labels_file", "label_fractions")
 
@@ -250,6 +253,8 @@ def _relevant(values: dict[str, Any], stage: str | None) -> dict[str, Any]:
     """The part of a config that decides what ``stage`` computes: a pretraining run does not depend
     on fine-tuning hyperparameters or label choices, and so on."""
     values = {k: v for k, v in values.items() if k not in IGNORED_FOR_RESUME}
+    if isinstance(values.get("data"), dict):
+        values["data"] = {k: v for k, v in values["data"].items() if k not in READING_KEYS}
     if stage in STAGE_SECTIONS:
         values = {k: v for k, v in values.items() if k not in STAGE_SECTIONS or k == stage}
         if stage == "pretrain":

@@ -12,6 +12,7 @@ from torch import nn
 from simclrv2 import checkpoint, distributed
 from simclrv2.config import Config
 from simclrv2.data import datasets, subsets
+from simclrv2.data.feed import BatchFeed
 from simclrv2.data.views import ViewMaker
 from simclrv2.losses import distill_loss
 from simclrv2.models.networks import arch_of, build_network
@@ -54,13 +55,11 @@ def run(cfg: Config, out_dir: str | Path, teacher_path: str | Path, splits: data
         raise datasets.DataError(f"the teacher was trained on classes {teacher_meta['classes'][:5]}..., the data "
                                  f"has {splits.classes[:5]}...")
     d = cfg.distill
-    images = splits.pretrain_images()
-    labels = torch.full((images.shape[0],), -1, dtype=torch.long)
+    images = BatchFeed(splits.pretrain_images(), device, cfg.data.on_device, cfg.workers, cfg.data.decode)
+    labels = torch.full((len(images),), -1, dtype=torch.long)
     if d.alpha < 1:
         labeled_idx = _labeled_indices(cfg, splits, out, Path(teacher_path).parent / "labeled.txt")
         labels[labeled_idx] = splits.train.labels[labeled_idx]
-    if device.type == "cuda" and cfg.data.on_device:
-        images = images.to(device)
     labels = labels.to(device)
 
     teacher = freeze(prepare_model(teacher_net, device))  # never wrapped in DDP: it does not train
@@ -69,7 +68,7 @@ def run(cfg: Config, out_dir: str | Path, teacher_path: str | Path, splits: data
     if d.init == "pretrained":
         init_from_pretrained(net, teacher_meta)
     model = rt.wrap(net, cfg.compile)
-    n = images.shape[0]
+    n = len(images)
     batch = rt.global_batch(d.batch_size, n)
     stepper = make_stepper(model, d, steps_per_epoch(n, batch, drop_last=True), batch, device)
     views = ViewMaker.for_finetuning(cfg, device, seed=rt.rank_seed(3))
@@ -80,11 +79,10 @@ def run(cfg: Config, out_dir: str | Path, teacher_path: str | Path, splits: data
         meta["teacher_val"] = evaluate_classifier(teacher, splits.val.images, splits.val.labels, device, cfg.amp)
     stage = Stage("distill", out, net, stepper, meta, n, batch, d.epochs, drop_last=True, order=rt.order,
                   generators={"augment": views.generator}, is_main=rt.world.is_main,
-                  shard=distributed.shard(rt.world))
+                  shard=distributed.shard(rt.world), feeds=[images])
 
     def loss_of(idx: torch.Tensor) -> torch.Tensor:
-        idx = idx.to(images.device)
-        x = views(images[idx].to(device, non_blocking=True))  # one view, seen by teacher and student
+        x = views(images(idx))  # one view, seen by teacher and student
         with torch.no_grad(), autocast(device, cfg.amp):
             teacher_logits = teacher(x)
         with autocast(device, cfg.amp):

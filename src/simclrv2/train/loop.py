@@ -44,6 +44,7 @@ class Stage:
     stateful: dict[str, Any] = field(default_factory=dict)  # extra objects with state_dict (memory buffer)
     is_main: bool = True  # rank 0 writes checkpoints, logs and progress
     shard: Callable[[Tensor], Tensor] | None = None  # this rank's part of a global batch
+    feeds: list[Any] = field(default_factory=list)  # BatchFeeds told each epoch's batches ahead of use
 
     @property
     def steps_per_epoch(self) -> int:
@@ -131,6 +132,8 @@ def fit(stage: Stage, loss_of: Callable[[Tensor], Tensor], evaluate: Callable[[i
         for epoch in range(start_epoch, stage.epochs):
             order_state = stage.order.get_state()
             batches = epoch_batches(stage.num_items, stage.batch_size, stage.order, stage.drop_last)
+            for feed in stage.feeds:
+                feed.plan([b if stage.shard is None else stage.shard(b) for b in batches[start_batch:]])
             bar = progress(spe, f"{stage.name} {epoch + 1}/{stage.epochs}", show_progress and stage.is_main)
             bar.update(start_batch)
             t0, loss_sum, seen = time.time(), 0.0, 0

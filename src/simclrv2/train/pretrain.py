@@ -10,6 +10,7 @@ import torch
 
 from simclrv2.config import Config
 from simclrv2.data import datasets
+from simclrv2.data.feed import BatchFeed
 from simclrv2.data.views import ViewMaker
 from simclrv2.eval.knn import knn_predict
 from simclrv2.losses import nt_xent
@@ -47,10 +48,8 @@ def run(cfg: Config, out_dir: str | Path, splits: datasets.Splits | None = None,
     rt = start(cfg)
     out, found = open_run_dir(out_dir, cfg, overwrite, rt.world.is_main, "pretrain")
     splits = splits or datasets.load(cfg.data, cfg.workers)
-    images = splits.pretrain_images()
-    if rt.device.type == "cuda" and cfg.data.on_device:
-        images = images.to(rt.device)
-    n = images.shape[0]
+    images = BatchFeed(splits.pretrain_images(), rt.device, cfg.data.on_device, cfg.workers, cfg.data.decode)
+    n = len(images)
     s = cfg.pretrain
     if n < 2:
         raise datasets.DataError(f"pretraining needs at least 2 images, the data has {n}")
@@ -70,11 +69,11 @@ def run(cfg: Config, out_dir: str | Path, splits: datasets.Splits | None = None,
             "classes": splits.classes, "image_size": cfg.data.image_size, "params": count_params(net)}
     stage = Stage("pretrain", out, net, stepper, meta, n, batch, s.epochs, drop_last=True, order=rt.order,
                   generators={"augment": views.generator}, stateful=stateful, is_main=rt.world.is_main,
-                  shard=distributed.shard(rt.world))
+                  shard=distributed.shard(rt.world), feeds=[images])
     offset = rt.world.rank * local
 
     def loss_of(idx: torch.Tensor) -> torch.Tensor:
-        x = images[idx.to(images.device)].to(rt.device, non_blocking=True)
+        x = images(idx)
         both = torch.cat([views(x), views(x)])
         with autocast(rt.device, cfg.amp):
             z = model(both)

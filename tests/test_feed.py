@@ -1,0 +1,161 @@
+"""Streaming image folders (data/files.py, data/feed.py): the same images, batches and training
+results as the decode-once path, read through DataLoader workers."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from simclrv2.config import ConfigError, build_config
+from simclrv2.data import datasets
+from simclrv2.data.feed import BatchFeed, chunks
+from simclrv2.data.files import FileImages, UnreadableImage, decode_file
+from simclrv2.train import classifier, distill, pretrain
+
+TINY = ["image_size=12", "model=resnet18", "width=0.125", "head_layers=2", "knn_every=1", "knn_k=5",
+        "pretrain.epochs=2", "pretrain.batch_size=16", "finetune.epochs=1", "finetune.batch_size=8",
+        "distill.epochs=1", "distill.batch_size=16", "labels=0.5", "device=cpu", "workers=2",
+        "val_fraction=0.2"]
+
+
+def _png_folder(root, size=12, per_class=10):
+    """PNG only: lossless, so both decoders must give the very same pixels."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for c in ("a", "b", "c"):
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / c / f"{i:03d}.png")
+    return root
+
+
+def _config(path, *extra):
+    return build_config("digits", overrides=TINY + [f"data.path={path}", "dataset=folder", *extra])
+
+
+def test_auto_streams_only_what_does_not_fit(image_folder):
+    small = datasets.load(_config(image_folder).data)
+    assert isinstance(small.train.images, torch.Tensor)
+    big = datasets.load(_config(image_folder, "data.memory_gb=0.000001").data)
+    assert isinstance(big.train.images, FileImages) and isinstance(big.val.images, FileImages)
+    forced = datasets.load(_config(image_folder, "data.stream=on").data)
+    assert isinstance(forced.train.images, FileImages)
+    off = datasets.load(_config(image_folder, "data.stream=off", "data.memory_gb=0.000001").data)
+    assert isinstance(off.train.images, torch.Tensor)
+    # the same split, names and labels either way
+    assert big.train.names == small.train.names and big.val.names == small.val.names
+    assert torch.equal(big.train.labels, small.train.labels) and big.classes == small.classes
+
+
+def test_file_images_match_the_decoded_tensor(tmp_path):
+    root = _png_folder(tmp_path / "png")
+    memory = datasets.load(_config(root, "data.stream=off").data)
+    files = datasets.load(_config(root, "data.stream=on").data)
+    assert files.train.images.shape == tuple(memory.train.images.shape)
+    assert torch.equal(files.train.images[:], memory.train.images)
+    assert torch.equal(files.train.images[[3, 1]], memory.train.images[[3, 1]])
+    sub = files.train.subset([5, 0, 2])
+    assert isinstance(sub.images, FileImages) and torch.equal(sub.images[:], memory.train.images[[5, 0, 2]])
+    assert torch.equal(torch.cat(list(chunks(files.val.images, 4, workers=2))), memory.val.images)
+
+
+def test_resized_files_are_close_to_the_pil_path(tmp_path):
+    """Non-square images, shrunk: torchvision's antialiased resize against PIL's, within a grey level or two."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (h, w) in enumerate([(40, 64), (64, 40), (33, 33), (90, 50)]):
+        smooth = np.kron(rng.integers(0, 256, (h // 4 + 1, w // 4 + 1, 3)), np.ones((4, 4, 1)))[:h, :w]
+        Image.fromarray(smooth.astype(np.uint8)).save(tmp_path / f"{i}.png")
+        paths.append(tmp_path / f"{i}.png")
+    ours = torch.stack([decode_file(p, 16) for p in paths])
+    pil, ok = datasets.decode_images(paths, 16)
+    assert all(ok) and ours.shape == pil.shape == (4, 3, 16, 16)
+    assert (ours.float() - pil.float()).abs().mean() < 3.0
+
+
+def test_feed_delivers_the_planned_batches_through_workers(tmp_path):
+    root = _png_folder(tmp_path / "png")
+    files = datasets.load(_config(root, "data.stream=on").data).train.images
+    reference = files[:]
+    feed = BatchFeed(files, torch.device("cpu"), workers=2)
+    batches = list(torch.randperm(len(files), generator=torch.Generator().manual_seed(0)).split(7))
+    feed.plan(batches)
+    for b in batches:
+        assert torch.equal(feed(b), reference[b])
+    with pytest.raises(RuntimeError, match="more batches"):
+        feed(batches[0])
+    feed.plan(batches)
+    with pytest.raises(RuntimeError, match="not the next planned"):
+        feed(batches[1])
+
+
+def test_device_decoding_matches_worker_decoding(image_folder):
+    """``decode=device`` (workers read bytes, the batch is decoded in the training process) on the CPU."""
+    files = datasets.load(_config(image_folder, "data.stream=on").data).train.images
+    assert any(f.endswith(".jpg") for f in files.files) and any(f.endswith(".png") for f in files.files)
+    batches = [torch.arange(len(files))]
+    outputs = []
+    for decode in ("workers", "device"):
+        feed = BatchFeed(files, torch.device("cpu"), workers=1, decode=decode)
+        feed.plan(batches)
+        outputs.append(feed(batches[0]))
+    assert torch.equal(outputs[0], outputs[1])
+
+
+def test_cache_size_decodes_training_batches_larger(image_folder):
+    cfg = _config(image_folder, "data.stream=on", "data.cache_size=20")
+    images = datasets.load(cfg.data).train.images
+    assert images[:2].shape == (2, 3, 12, 12)  # evaluation size
+    feed = BatchFeed(images, torch.device("cpu"), workers=0)
+    feed.plan([torch.tensor([0, 1])])
+    assert feed(torch.tensor([0, 1])).shape == (2, 3, 20, 20)  # cropped on the device later
+
+
+def test_unreadable_file_is_replaced_or_fatal_when_strict(image_folder, caplog):
+    bad = image_folder / "cat" / "0000.jpg"
+    bad.write_bytes(b"not an image")
+    images = datasets.load(_config(image_folder, "data.stream=on").data).pretrain_images()
+    where = images.files.index(str(bad))
+    feed = BatchFeed(images, torch.device("cpu"), workers=1)
+    feed.plan([torch.tensor([where])])
+    with caplog.at_level(logging.WARNING):
+        x = feed(torch.tensor([where]))
+    assert torch.equal(x[0], images[where + 1])
+    strict = datasets.load(_config(image_folder, "data.stream=on", "data.strict=true").data).pretrain_images()
+    feed = BatchFeed(strict, torch.device("cpu"), workers=1)
+    feed.plan([torch.tensor([where])])
+    with pytest.raises(UnreadableImage) as err:
+        feed(torch.tensor([where]))
+    assert str(err.value) == f"unreadable image: {bad}"
+
+
+def test_bad_streaming_settings_are_named():
+    with pytest.raises(ConfigError, match="data.stream"):
+        build_config("digits", overrides=["data.stream=maybe"])
+    with pytest.raises(ConfigError, match="data.decode"):
+        build_config("digits", overrides=["data.decode=gpu"])
+
+
+def test_streamed_training_equals_decoded_training(tmp_path):
+    """Same files, order and augmentation: pretraining, fine-tuning and distillation give the same
+    losses and accuracies whether the images were decoded once or are streamed by workers."""
+    root = _png_folder(tmp_path / "png")
+    runs = {}
+    for mode in ("off", "on"):
+        cfg = _config(root, f"data.stream={mode}")
+        splits = datasets.load(cfg.data)
+        out = tmp_path / mode
+        pre = pretrain.run(cfg, out / "pre", splits, show_progress=False)
+        ft = classifier.run_finetune(cfg, out / "ft", out / "pre" / "last", splits, show_progress=False)
+        dist = distill.run(cfg, out / "dist", out / "ft" / "best", splits, show_progress=False)
+        runs[mode] = [pre["history"], ft["history"], dist["history"]]
+    for decoded, streamed in zip(runs["off"], runs["on"]):
+        for a, b in zip(decoded, streamed):
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+            for key in ("knn_top1", "val_top1"):
+                assert a.get(key) == pytest.approx(b.get(key))
+
