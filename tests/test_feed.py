@@ -62,7 +62,7 @@ def test_file_images_match_the_decoded_tensor(tmp_path):
 
 
 def test_resized_files_are_close_to_the_pil_path(tmp_path):
-    """Non-square images, shrunk: torchvision's antialiased resize against PIL's, within a grey level or two."""
+    """Non-square images, shrunk: torchvision's antialiased resize against PIL's, same crop, rounding apart."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -74,7 +74,8 @@ def test_resized_files_are_close_to_the_pil_path(tmp_path):
     ours = torch.stack([decode_file(p, 16) for p in paths])
     pil, ok = datasets.decode_images(paths, 16)
     assert all(ok) and ours.shape == pil.shape == (4, 3, 16, 16)
-    assert (ours.float() - pil.float()).abs().mean() < 3.0
+    diff = (ours.float() - pil.float()).abs()
+    assert diff.mean() < 0.1 and diff.max() <= 2  # a crop one pixel off would differ by ~38 on average
 
 
 def test_feed_delivers_the_planned_batches_through_workers(tmp_path):
@@ -159,3 +160,37 @@ def test_streamed_training_equals_decoded_training(tmp_path):
             for key in ("knn_top1", "val_top1"):
                 assert a.get(key) == pytest.approx(b.get(key))
 
+
+
+def test_streamed_pretraining_resumes_mid_epoch_exactly(tmp_path, monkeypatch):
+    """SIGTERM in the middle of an epoch, then --resume: the feed plans the rest of that epoch and
+    the result equals an uninterrupted streamed run."""
+    import os
+    import signal
+
+    from simclrv2 import checkpoint
+    from simclrv2.train.common import Stepper
+    from simclrv2.train.loop import Interrupted
+
+    root = _png_folder(tmp_path / "png")
+    cfg = _config(root, "data.stream=on", "pretrain.batch_size=8", "knn_every=0")
+    splits = datasets.load(cfg.data)
+    whole = pretrain.run(cfg, tmp_path / "whole", splits, show_progress=False)
+
+    real_step, calls = Stepper.step, []
+
+    def step_then_stop(self, loss):
+        calls.append(1)
+        if len(calls) == 2:  # the second of three steps of epoch 1
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step(self, loss)
+
+    monkeypatch.setattr(Stepper, "step", step_then_stop)
+    with pytest.raises(Interrupted):
+        pretrain.run(cfg, tmp_path / "cut", splits, show_progress=False)
+    monkeypatch.setattr(Stepper, "step", real_step)
+    resumed = pretrain.run(cfg, tmp_path / "cut", splits, show_progress=False, resume=True)
+    assert [r["loss"] for r in resumed["history"]] == pytest.approx([r["loss"] for r in whole["history"]], rel=1e-5)
+    a, _ = checkpoint.load(tmp_path / "whole" / "last")
+    b, _ = checkpoint.load(tmp_path / "cut" / "last")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)

@@ -75,9 +75,12 @@ class _StopFlag:
 
 
 def _train_state(stage: Stage, epoch: int, batch_in_epoch: int, epoch_order_state: Tensor,
-                 history: list[dict[str, Any]], best: float, seconds: float) -> dict[str, Any]:
+                 history: list[dict[str, Any]], best: float, seconds: float, loss_sum: float = 0.0
+                 ) -> dict[str, Any]:
     return {
         "seconds": seconds,
+        "loss_sum": loss_sum,  # over the batches of this epoch already run
+
         "stepper": stage.stepper.state_dict(),
         "epoch": epoch, "batch_in_epoch": batch_in_epoch,
         "order_state": epoch_order_state,
@@ -113,11 +116,12 @@ def fit(stage: Stage, loss_of: Callable[[Tensor], Tensor], evaluate: Callable[[i
     """Train ``stage`` for its epochs; return history, best and final metrics, seconds."""
     log = RunLog(stage.out, stage.name, enabled=stage.is_main)
     history: list[dict[str, Any]] = []
-    best, start_epoch, start_batch = float("-inf"), 0, 0
+    best, start_epoch, start_batch, carried_loss = float("-inf"), 0, 0, 0.0
     state = resume_from(stage) if resume else None
     if state is not None:
         history, best = list(state["history"]), float(state["best"])
         start_epoch, start_batch = int(state["epoch"]), int(state["batch_in_epoch"])
+        carried_loss = float(state.get("loss_sum", 0.0))
         stage.order.set_state(state["order_state"])
         if stage.is_main and show_progress:
             print(f"{stage.name}: resumed from {stage.out / 'last'} at epoch {start_epoch + 1}, "
@@ -136,7 +140,7 @@ def fit(stage: Stage, loss_of: Callable[[Tensor], Tensor], evaluate: Callable[[i
                 feed.plan([b if stage.shard is None else stage.shard(b) for b in batches[start_batch:]])
             bar = progress(spe, f"{stage.name} {epoch + 1}/{stage.epochs}", show_progress and stage.is_main)
             bar.update(start_batch)
-            t0, loss_sum, seen = time.time(), 0.0, 0
+            t0, loss_sum, seen = time.time(), carried_loss, 0
             lr = stage.stepper.lr
             for i in range(start_batch, len(batches)):
                 idx = batches[i] if stage.shard is None else stage.shard(batches[i])
@@ -146,7 +150,7 @@ def fit(stage: Stage, loss_of: Callable[[Tensor], Tensor], evaluate: Callable[[i
                     after_step()
                 seen += len(batches[i])
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss_sum / (i + 1 - start_batch):.3f}", lr=f"{lr:.3g}",
+                bar.set_postfix(loss=f"{loss_sum / (i + 1):.3f}", lr=f"{lr:.3g}",
                                 img_s=f"{seen / (time.time() - t0):.0f}")
                 if stop.signal is not None:
                     bar.close()
@@ -154,14 +158,13 @@ def fit(stage: Stage, loss_of: Callable[[Tensor], Tensor], evaluate: Callable[[i
                         checkpoint.save(stage.out / "last", stage.net,
                                         {**stage.meta, "epoch": epoch, "interrupted": True},
                                         _train_state(stage, epoch, i + 1, order_state, history, best,
-                                                     elapsed()))
+                                                     elapsed(), loss_sum))
                     raise Interrupted(f"{stage.name} stopped by signal {stop.signal} at epoch {epoch + 1}, "
                                       f"batch {i + 1}; resume with --resume")
             bar.close()
-            steps_run = len(batches) - start_batch
-            start_batch = 0
+            start_batch, carried_loss = 0, 0.0
             record: dict[str, Any] = {"epoch": epoch + 1, "step": stage.stepper.step_count,
-                                      "loss": loss_sum / max(steps_run, 1), "lr": lr,
+                                      "loss": loss_sum / max(len(batches), 1), "lr": lr,
                                       "images_per_s": seen / max(time.time() - t0, 1e-9)}
             if evaluate is not None:
                 record.update(evaluate(epoch + 1))
