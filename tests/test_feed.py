@@ -194,3 +194,19 @@ def test_streamed_pretraining_resumes_mid_epoch_exactly(tmp_path, monkeypatch):
     a, _ = checkpoint.load(tmp_path / "whole" / "last")
     b, _ = checkpoint.load(tmp_path / "cut" / "last")
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_residency_and_nvjpeg_decoding(image_folder):
+    small = datasets.load(_config(image_folder).data)
+    assert BatchFeed(small.train.images, torch.device("cuda")).resident.startswith("cuda")
+    files = datasets.load(_config(image_folder, "data.stream=on").data).train.images
+    batches = [torch.arange(len(files))]
+    outputs = []
+    for decode in ("workers", "device"):
+        feed = BatchFeed(files, torch.device("cuda"), workers=1, decode=decode)
+        feed.plan(batches)
+        x = feed(batches[0])
+        assert x.device.type == "cuda"
+        outputs.append(x.float().cpu())
+    assert (outputs[0] - outputs[1]).abs().mean() < 2.0  # nvJPEG and libjpeg-turbo round differently

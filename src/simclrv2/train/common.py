@@ -95,12 +95,13 @@ def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractC
 
 
 def prepare_model(model: nn.Module, device: torch.device, compile: bool = False) -> nn.Module:
-    """Move to the device, channels_last on CUDA, optionally ``torch.compile``."""
+    """Move to the device, channels_last on CUDA, and ``torch.compile`` when asked for on CUDA (on a CPU
+    the compile time outweighs the gain for these short runs, so the flag is ignored there)."""
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    if compile:
-        model = torch.compile(model)
+        if compile:
+            model = torch.compile(model)
     return model
 
 
