@@ -8,6 +8,8 @@ pretrained encoder. Prints and writes a table (stage x label fraction -> top-1, 
     python benchmarks/cifar10_semisup.py --data ../shared/data/cifar10-train-jpeg.tar.gz --scale cpu
     # users: torchvision's CIFAR-10 (train / test), downloaded once
     python benchmarks/cifar10_semisup.py --data ~/data/cifar10 --torchvision --download --scale gpu
+    # a ResNet-50 instead of the ResNet-18; any config key can follow as key=value
+    python benchmarks/cifar10_semisup.py --data DIR --scale gpu --model resnet50 pretrain.epochs=100
 
 ``--data`` may be an ImageFolder tree or the ``.tar.gz`` of one (extracted next to ``--out``).
 """
@@ -56,8 +58,10 @@ SCALES: dict[str, dict] = {
 }
 
 
-def config_for(scale: str, data: str, torchvision: bool, download: bool, overrides: list[str]) -> Config:
+def config_for(scale: str, data: str, torchvision: bool, download: bool, overrides: list[str],
+               model: str = "resnet18") -> Config:
     cfg = merge(preset("cifar10"), SCALES[scale])
+    cfg = merge(cfg, {"model": {"model": model}})
     dataset = {"dataset": "cifar10", "path": data, "download": download} if torchvision else \
         {"dataset": "folder", "path": data, "val_fraction": 0.1}
     cfg = merge(cfg, {"data": dataset, "label_fractions": [0.01, 0.1]})
@@ -82,6 +86,8 @@ def main() -> None:
     ap.add_argument("--torchvision", action="store_true", help="--data is a torchvision CIFAR-10 root")
     ap.add_argument("--download", action="store_true")
     ap.add_argument("--scale", choices=sorted(SCALES), default="cpu")
+    ap.add_argument("--model", choices=("resnet18", "resnet50"), default="resnet18",
+                    help="CIFAR-stem encoder (the scale's width and epochs are kept)")
     ap.add_argument("--out", default=None, help="run directory (default runs/cifar10-<scale>)")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("overrides", nargs="*", metavar="key=value")
@@ -90,7 +96,7 @@ def main() -> None:
     data = args.data
     if data.endswith((".tar.gz", ".tgz", ".tar")):
         data = str(extract(Path(data), out / "data"))
-    cfg = config_for(args.scale, data, args.torchvision, args.download, args.overrides)
+    cfg = config_for(args.scale, data, args.torchvision, args.download, args.overrides, args.model)
     start = time.time()
     results = pipeline.run(cfg, out)
     results["benchmark"] = {"scale": args.scale, "wall_seconds": time.time() - start,

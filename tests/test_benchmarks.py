@@ -21,7 +21,8 @@ def test_cifar_scales_are_valid_configs(scale, tmp_path):
     cifar = _module("cifar10_semisup")
     cfg = cifar.config_for(scale, str(tmp_path), torchvision=False, download=False, overrides=["pretrain.epochs=3"])
     assert cfg.label_fractions == [0.01, 0.1] and cfg.pretrain.epochs == 3
-    assert cfg.aug.color_strength == 0.5 and cfg.model.cifar_stem
+    assert cfg.aug.color_strength == 0.5 and cfg.model.cifar_stem and cfg.model.model == "resnet18"
+    assert cifar.config_for(scale, str(tmp_path), False, False, [], model="resnet50").model.model == "resnet50"
 
 
 def test_throughput_measures_every_path(image_folder):
