@@ -22,7 +22,7 @@ from torch import Tensor
 
 from simclrv2.config import DataConfig
 from simclrv2.data.errors import DataError
-from simclrv2.data.files import FileImages
+from simclrv2.data.files import FileImages, decode_file
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +262,8 @@ def should_stream(cfg: DataConfig, num_images: int) -> bool:
 
 
 def decode_images(files: list[Path], size: int, workers: int = 4) -> tuple[Tensor, list[bool]]:
-    """Decode files to RGB uint8 ``[N, 3, size, size]`` (short side resized, centre-cropped).
+    """Decode files to RGB uint8 ``[N, 3, size, size]`` (short side resized, centre-cropped), as the
+    streaming path does (:func:`simclrv2.data.files.decode_file`).
 
     Images of any mode (greyscale, palette, RGBA) are converted to RGB. Unreadable files leave a
     zero image and ``False`` in the returned mask.
@@ -271,21 +272,10 @@ def decode_images(files: list[Path], size: int, workers: int = 4) -> tuple[Tenso
     ok = [False] * len(files)
 
     def work(i: int) -> None:
-        from PIL import Image
-
-        try:
-            with Image.open(files[i]) as im:
-                im = im.convert("RGB")
-                if im.size != (size, size):
-                    w, h = im.size
-                    scale = size / min(w, h)
-                    im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
-                    left, top = (im.size[0] - size) // 2, (im.size[1] - size) // 2
-                    im = im.crop((left, top, left + size, top + size))
-                out[i] = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
-                ok[i] = True
-        except (OSError, ValueError, SyntaxError):
-            pass
+        image = decode_file(files[i], size)
+        if image is not None:
+            out[i] = image
+            ok[i] = True
 
     threads = max(1, min(workers, os.cpu_count() or 1) * 2)
     chunk = max(1, len(files) // (threads * 8))
