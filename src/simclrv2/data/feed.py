@@ -9,6 +9,7 @@ augmentation then runs batch-wise on the device (:mod:`simclrv2.data.gpu_augment
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 
 import torch
@@ -157,7 +158,7 @@ def chunks(images: Tensor | FileImages, batch_size: int, workers: int = 4) -> It
         return
     batches = [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
     loader = DataLoader(_Reader(images, images.size, bytes_only=False), batch_sampler=batches,
-                        num_workers=min(workers, len(batches)), collate_fn=_collate)
+                        num_workers=min(workers, len(batches), os.cpu_count() or 1), collate_fn=_collate)
     try:
         for _, _, images in loader:
             yield images
