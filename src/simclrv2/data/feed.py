@@ -144,9 +144,6 @@ class BatchFeed:
             out[others] = images.to(self.device, non_blocking=True)
         return out
 
-    def close(self) -> None:
-        self._batches = None
-
 
 def chunks(images: Tensor | FileImages, batch_size: int, workers: int = 4) -> Iterator[Tensor]:
     """The images in order, ``batch_size`` at a time (uint8, CPU or where they live); files are decoded
