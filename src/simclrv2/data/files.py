@@ -53,29 +53,18 @@ def _decode_pil(path: str) -> Tensor | None:
         return None
 
 
-def decode_bytes(data: Tensor, path: str) -> Tensor | None:
-    """RGB uint8 ``[3, H, W]`` from a file's bytes (torchvision.io), PIL for formats it lacks; None if unreadable."""
-    from torchvision.io import ImageReadMode, decode_image
-
-    try:
-        return decode_image(data, mode=ImageReadMode.RGB)
-    except (RuntimeError, ValueError):
-        return _decode_pil(path)
-
-
-def read_bytes(path: str) -> Tensor:
-    from torchvision.io import read_file
-
-    return read_file(path)
-
-
 def decode_file(path: str | Path, size: int) -> Tensor | None:
-    """One file as RGB uint8 ``[3, size, size]`` (short side resized, centre-cropped); None if unreadable."""
+    """One file as RGB uint8 ``[3, size, size]`` (short side resized, centre-cropped); None if unreadable.
+
+    torchvision.io decodes; PIL takes the formats it lacks (BMP, TIFF, PPM, ...).
+    """
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
     path = str(path)
     try:
-        image = decode_bytes(read_bytes(path), path)
-    except (RuntimeError, OSError):
-        image = None
+        image = decode_image(read_file(path), mode=ImageReadMode.RGB)
+    except (RuntimeError, ValueError, OSError):
+        image = _decode_pil(path)
     return None if image is None else fit_square(image, size)
 
 
