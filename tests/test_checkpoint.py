@@ -23,7 +23,7 @@ def test_save_and_load_round_trip(tmp_path):
     checkpoint.save(tmp_path / "last", net, {"stage": "test", "epoch": 3}, {"optimizer": opt.state_dict()})
     tensors, meta = checkpoint.load(tmp_path / "last")
     assert meta["epoch"] == 3 and meta["format"] == checkpoint.FORMAT
-    assert json.loads((tmp_path / "last.json").read_text())["stage"] == "test"
+    assert json.loads((tmp_path / "last" / "meta.json").read_text())["stage"] == "test"
     other = small_net()
     checkpoint.load_weights(other, tensors)
     for a, b in zip(net.state_dict().values(), other.state_dict().values()):
@@ -34,7 +34,7 @@ def test_save_and_load_round_trip(tmp_path):
     # every spelling of the same checkpoint resolves to it
     for spelling in (tmp_path / "last.safetensors", tmp_path, str(tmp_path / "last")):
         assert checkpoint.resolve(spelling) == tmp_path / "last"
-    assert not list(tmp_path.glob("*.tmp"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".last.{meta['save_id']}", "last"]
 
 
 def test_mismatch_names_keys_and_shapes(tmp_path):
@@ -69,7 +69,8 @@ class Boom:
 def test_pickle_that_would_run_code_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     checkpoint.save(tmp_path / "last", small_net(), {})
-    with open(tmp_path / "last.state.pt", "wb") as f:
+    checkpoint.save(tmp_path / "last", small_net(), {}, {"step": 1})
+    with open(tmp_path / "last" / "state.pt", "wb") as f:
         pickle.dump({"evil": Boom()}, f)
     with pytest.raises(CheckpointError, match="cannot read training state"):
         checkpoint.load_train_state(tmp_path / "last")

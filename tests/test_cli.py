@@ -41,7 +41,7 @@ def test_pretrain_rejects_bad_input(capsys, tmp_path, argv, message):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     code, err = run(capsys, "pretrain", "--out", str(tmp_path / "out"), *TINY, *argv)
     assert code == 2 and message in err and "Traceback" not in err
-    assert not (tmp_path / "out" / "last.safetensors").exists()
+    assert not (tmp_path / "out" / "last").exists()
 
 
 def test_unknown_preset_is_refused(capsys, tmp_path):
@@ -65,10 +65,10 @@ def test_finetune_rejects_bad_label_choices(capsys, tmp_path, pretrained, argv, 
 
 
 def test_a_run_directory_of_another_config_is_kept(capsys, tmp_path, pretrained):
-    before = (pretrained / "last.safetensors").read_bytes()
+    before = (pretrained / "last" / "model.safetensors").read_bytes()
     code, err = run(capsys, "pretrain", "--out", str(pretrained), *TINY, "epochs=1", "seed=99")
     assert code == 2 and "holds a run with a different config (differs in: seed)" in err
-    assert (pretrained / "last.safetensors").read_bytes() == before
+    assert (pretrained / "last" / "model.safetensors").read_bytes() == before
 
 
 def test_checkpoint_of_the_wrong_kind_or_architecture(capsys, tmp_path, pretrained):
@@ -100,10 +100,10 @@ def test_evaluate_a_pretrained_checkpoint(capsys, pretrained, tmp_path):
 
 def test_a_stage_resumes_when_only_other_stages_settings_differ(capsys, pretrained):
     """A finished pretraining is reused when only fine-tuning settings or label choices changed."""
-    before = (pretrained / "last.safetensors").stat().st_mtime_ns
+    before = (pretrained / "last" / "model.safetensors").stat().st_mtime_ns
     code, err = run(capsys, "pretrain", "--out", str(pretrained), *TINY, "epochs=1", "finetune.lr=0.5", "labels=0.5")
     assert code == 0, err
-    assert (pretrained / "last.safetensors").stat().st_mtime_ns == before
+    assert (pretrained / "last" / "model.safetensors").stat().st_mtime_ns == before
 
 
 def test_overwrite_replaces_a_run_of_another_config(capsys, tmp_path):

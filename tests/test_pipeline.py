@@ -24,9 +24,9 @@ def test_pipeline_writes_results_and_report(tmp_path, capsys):
     for png in ("training_curves.png", "accuracy_vs_labels.png", "tsne.png", "confusion_matrix.png"):
         assert (out / png).is_file() and png in report
     # the same command again resumes every finished stage instead of retraining
-    stamp = (out / "pretrain" / "last.safetensors").stat().st_mtime_ns
+    stamp = (out / "pretrain" / "last" / "model.safetensors").stat().st_mtime_ns
     assert main(["pipeline", "--out", str(out), *TINY]) == 0
-    assert (out / "pretrain" / "last.safetensors").stat().st_mtime_ns == stamp
+    assert (out / "pretrain" / "last" / "model.safetensors").stat().st_mtime_ns == stamp
     again = json.loads((out / "results.json").read_text())["rows"]
     keys = ("stage", "labels", "top1", "top5", "params")
     assert [{k: r[k] for k in keys} for r in again] == [{k: r[k] for k in keys} for r in rows]

@@ -31,7 +31,7 @@ def pretrained(tiny, tmp_path_factory):
 
 def test_pretrain_writes_checkpoint_config_and_metrics(pretrained, tiny):
     out, result = pretrained
-    assert (out / "config.yaml").is_file() and (out / "last.safetensors").is_file()
+    assert (out / "config.yaml").is_file() and (out / "last" / "model.safetensors").is_file()
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2]
     assert all(r["loss"] > 0 and "knn_top1" in r and "images_per_s" in r for r in lines)
@@ -42,7 +42,7 @@ def test_pretrain_writes_checkpoint_config_and_metrics(pretrained, tiny):
 def test_finetune_then_distill(pretrained, tiny, tmp_path):
     cfg, splits = tiny
     ft = classifier.run_finetune(cfg, tmp_path / "ft", pretrained[0] / "last", splits, show_progress=False)
-    assert (tmp_path / "ft" / "best.safetensors").is_file() and (tmp_path / "ft" / "labeled.txt").is_file()
+    assert (tmp_path / "ft" / "best" / "model.safetensors").is_file() and (tmp_path / "ft" / "labeled.txt").is_file()
     assert len(ft["history"]) == 2 and 0 <= ft["final"]["val_top1"] <= 100
     _, meta = checkpoint.load(tmp_path / "ft" / "last")
     assert meta["arch"]["head_kept"] == 1 and meta["labeled"] == len((tmp_path / "ft" / "labeled.txt").read_text().split())

@@ -49,7 +49,12 @@ def from_file(names: list[str], path: str | Path) -> Tensor:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"label file not found: {path}")
-    wanted = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"label file {path} is not UTF-8 text (byte {e.object[e.start]:#x} at offset {e.start}); "
+                        f"save it as UTF-8") from None
+    wanted = [line.strip() for line in text.splitlines() if line.strip()]
     if not wanted:
         raise DataError(f"label file {path} lists no images")
     index: dict[str, int] = {}
@@ -71,10 +76,19 @@ def check_covers_classes(labels: Tensor, chosen: Tensor, classes: list[str]) -> 
         raise DataError(f"{len(absent)} class(es) have no labeled image: {', '.join(absent[:5])}")
 
 
+def check_listable(names: list[str], chosen: Tensor) -> None:
+    """A list file holds one name per line: a chosen name with a line break in it cannot be listed."""
+    broken = [names[i] for i in chosen.tolist() if "\n" in names[i] or "\r" in names[i]]
+    if broken:
+        raise DataError(f"{len(broken)} labeled image name(s) contain a line break, e.g. {broken[0]!r}: "
+                        f"labeled.txt lists one name per line; rename these files")
+
+
 def save_list(names: list[str], chosen: Tensor, path: str | Path) -> None:
     """Write the chosen file names, one per line, so the subset can be reused with ``labels_file``."""
     from simclrv2.checkpoint import atomic_write
 
+    check_listable(names, chosen)
     text = "".join(names[i] + "\n" for i in chosen.tolist())
     atomic_write(Path(path), lambda p: p.write_text(text))
 

@@ -7,6 +7,7 @@ the validation split after every epoch, and keep ``best`` (by top-1) and ``last`
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,10 @@ from simclrv2.data.feed import BatchFeed
 from simclrv2.data.views import ViewMaker
 from simclrv2.models.networks import arch_of, build_network, classifier_from
 from simclrv2 import distributed
-from simclrv2.train.common import (Runtime, autocast, count_params, evaluate_classifier, make_stepper, open_run_dir,
-                                   start, steps_per_epoch)
+from simclrv2.train.common import (Runtime, autocast, count_params, evaluate_classifier, make_stepper, start,
+                                   steps_per_epoch)
 from simclrv2.train.loop import Stage, fit
+from simclrv2.train.rundir import RunDir, open_run
 
 
 def select_labeled(cfg: Config, train: datasets.ImageSet) -> Tensor:
@@ -34,22 +36,31 @@ def select_labeled(cfg: Config, train: datasets.ImageSet) -> Tensor:
     else:
         chosen = subsets.by_fraction(train.labels, cfg.labels if cfg.labels is not None else 1.0, cfg.seed)
     subsets.check_covers_classes(train.labels, chosen, train.classes)
+    subsets.check_listable(train.names, chosen)
     return chosen
 
 
-def labeled_subset(cfg: Config, splits: datasets.Splits, out: Path) -> datasets.ImageSet:
-    """Choose the labeled images and record their names in ``out/labeled.txt`` for exact repeats."""
+def labeled_subset(cfg: Config, splits: datasets.Splits) -> tuple[datasets.ImageSet, Tensor]:
+    """The labeled images (and their indices), as the config chooses them."""
     if not splits.classes:
         raise datasets.DataError("the data has no class labels: fine-tuning needs an ImageFolder with class folders")
     chosen = select_labeled(cfg, splits.train)
-    subsets.save_list(splits.train.names, chosen, out / "labeled.txt")
-    return splits.train.subset(chosen)
+    return splits.train.subset(chosen), chosen
+
+
+def _start_run(run_dir: RunDir, names: list[str], chosen: Tensor) -> None:
+    """Make the directory this run's, and record the labeled names in ``labeled.txt`` for exact repeats."""
+    run_dir.commit()
+    if run_dir.is_main:
+        subsets.save_list(names, chosen, run_dir.path / "labeled.txt")
 
 
 def train_classifier(model: nn.Module, net: nn.Module, labeled: datasets.ImageSet, val: datasets.ImageSet | None,
                      section: OptimConfig, cfg: Config, out: Path, stage_name: str, meta: dict[str, Any],
-                     rt: Runtime, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
-    """Cross-entropy training of ``model`` (``net`` unwrapped) on ``labeled``; best/last checkpoints."""
+                     rt: Runtime, resume: bool = False, show_progress: bool = True,
+                     before_fit: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Cross-entropy training of ``model`` (``net`` unwrapped) on ``labeled``; best/last checkpoints.
+    ``before_fit`` runs once everything is set up and checked, just before the first step."""
     device = rt.device
     images = BatchFeed(labeled.images, device, cfg.data.on_device, cfg.workers, cfg.data.decode)
     labels = labeled.labels.to(device)
@@ -72,15 +83,18 @@ def train_classifier(model: nn.Module, net: nn.Module, labeled: datasets.ImageSe
         metrics = evaluate_classifier(net, val.images, val.labels, device, cfg.amp)
         return {f"val_{k}": v for k, v in metrics.items()}
 
+    if before_fit is not None:
+        before_fit()
     result = fit(stage, loss_of, evaluate, resume=resume, show_progress=show_progress)
     return {**result, "checkpoint": str(out / "best"), "params": count_params(net)}
 
 
-def _setup(cfg: Config, out_dir: str | Path, splits: datasets.Splits | None, overwrite: bool, stage: str):
+def _setup(cfg: Config, out_dir: str | Path, splits: datasets.Splits | None, overwrite: bool, resume: bool,
+           stage: str):
     rt = start(cfg)
-    out, found = open_run_dir(out_dir, cfg, overwrite, rt.world.is_main, stage)
+    run_dir = open_run(out_dir, cfg, stage, overwrite, resume, rt.world.is_main)
     splits = splits or datasets.load(cfg.data, cfg.workers)
-    return out, found, rt, splits
+    return run_dir, rt, splits
 
 
 def run_finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path, splits: datasets.Splits | None = None,
@@ -95,8 +109,8 @@ def run_finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path, split
     for key in ("model", "width", "sk_ratio", "cifar_stem", "head_layers", "head_dim", "proj_dim"):
         setattr(cfg.model, key, arch[key])  # the checkpoint decides the architecture
     cfg.validate()
-    out, found, rt, splits = _setup(cfg, out_dir, splits, overwrite, "finetune")
-    labeled = labeled_subset(cfg, splits, out)
+    run_dir, rt, splits = _setup(cfg, out_dir, splits, overwrite, resume, "finetune")
+    labeled, chosen = labeled_subset(cfg, splits)
     pretrained_net = build_network(arch)
     checkpoint.load_weights(pretrained_net, tensors, source=f"pretrained checkpoint {pretrained}")
     net = classifier_from(pretrained_net, cfg.model.ft_layer, len(splits.classes))
@@ -104,23 +118,23 @@ def run_finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path, split
     meta = {"stage": "finetune", "kind": "classifier", "config": cfg.to_dict(), "classes": splits.classes,
             "arch": arch_of(cfg.model, len(splits.classes), cfg.model.ft_layer), "image_size": cfg.data.image_size,
             "pretrained": str(pretrained), "labeled": len(labeled), "params": count_params(net)}
-    return train_classifier(model, net, labeled, splits.val, cfg.finetune, cfg, out, "finetune", meta, rt,
-                            resume or found, show_progress)
+    return train_classifier(model, net, labeled, splits.val, cfg.finetune, cfg, run_dir.path, "finetune", meta, rt,
+                            run_dir.resume, show_progress, lambda: _start_run(run_dir, splits.train.names, chosen))
 
 
 def run_supervised(cfg: Config, out_dir: str | Path, splits: datasets.Splits | None = None,
                    show_progress: bool = True, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """The baseline: the same encoder (+ linear classifier) from random init on the labeled subset only."""
     cfg = copy.deepcopy(cfg)
-    out, found, rt, splits = _setup(cfg, out_dir, splits, overwrite, "supervised")
-    labeled = labeled_subset(cfg, splits, out)
+    run_dir, rt, splits = _setup(cfg, out_dir, splits, overwrite, resume, "supervised")
+    labeled, chosen = labeled_subset(cfg, splits)
     arch = arch_of(cfg.model, len(splits.classes), 0)
     net = build_network(arch)
     model = rt.wrap(net, cfg.compile)
     meta = {"stage": "supervised", "kind": "classifier", "config": cfg.to_dict(), "classes": splits.classes,
             "arch": arch, "image_size": cfg.data.image_size, "labeled": len(labeled), "params": count_params(net)}
-    return train_classifier(model, net, labeled, splits.val, cfg.supervised, cfg, out, "supervised", meta, rt,
-                            resume or found, show_progress)
+    return train_classifier(model, net, labeled, splits.val, cfg.supervised, cfg, run_dir.path, "supervised", meta,
+                            rt, run_dir.resume, show_progress, lambda: _start_run(run_dir, splits.train.names, chosen))
 
 
 def load_classifier(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:

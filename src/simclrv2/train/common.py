@@ -1,5 +1,5 @@
 """What every training stage shares: device, seeding, one autocast context, one optimizer-step helper,
-batch sampling, batched inference, metrics logging and the progress bar."""
+batch sampling, batched inference, metrics logging and the progress bar. (Run directories: :mod:`.rundir`.)"""
 
 from __future__ import annotations
 
@@ -18,23 +18,28 @@ import torch
 from torch import Tensor, nn
 
 from simclrv2 import distributed
-from simclrv2.checkpoint import atomic_write
-from simclrv2.config import Config, OptimConfig, save_yaml
+from simclrv2.config import Config, ConfigError, OptimConfig
 from simclrv2.data.feed import chunks
 from simclrv2.data.files import FileImages
+from simclrv2.errors import NonFiniteError
 from simclrv2.optim import build_optimizer, lr_at, scaled_lr
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(NonFiniteError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device {name!r} is not a device name; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but CUDA is not available")
+        raise ConfigError(f"device {name!r} asked for, but CUDA is not available here; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r} asked for, but this machine has {torch.cuda.device_count()} GPU(s)")
     return device
 
 
@@ -56,7 +61,11 @@ class Runtime:
         return distributed.wrap(prepare_model(net, self.device, compile), self.world, self.device)
 
     def global_batch(self, batch_size: int, n: int) -> int:
-        """The configured (global) batch, capped at the data size and divisible by the world size."""
+        """The configured (global) batch, capped at the data size and divisible by the world size (a
+        configured batch that does not divide is refused, not silently reduced)."""
+        if batch_size % self.world.size:
+            raise ConfigError(f"batch_size={batch_size} is the global batch and must be divisible by the "
+                              f"{self.world.size} processes of this torchrun; choose a multiple of {self.world.size}")
         batch = min(batch_size, n)
         batch -= batch % self.world.size
         if batch < self.world.size:
@@ -240,73 +249,4 @@ def progress(total: int, desc: str, enabled: bool = True):
                 dynamic_ncols=True, mininterval=1.0)
 
 
-class RunDirError(ValueError):
-    """The output directory holds a different run."""
-
-
-IGNORED_FOR_RESUME = ("device", "workers")
-READING_KEYS = ("on_device", "stream", "memory_gb", "decode")  # where images are read from, not what is computed
-STAGE_SECTIONS = ("pretrain", "finetune", "distill", "supervised")
-LABEL_KEYS = ("labels", "labels_per_class", "labels_file", "label_fractions")
-
-
-def _relevant(values: dict[str, Any], stage: str | None) -> dict[str, Any]:
-    """The part of a config that decides what ``stage`` computes: a pretraining run does not depend
-    on fine-tuning hyperparameters or label choices, and so on."""
-    values = {k: v for k, v in values.items() if k not in IGNORED_FOR_RESUME}
-    if isinstance(values.get("data"), dict):
-        values["data"] = {k: v for k, v in values["data"].items() if k not in READING_KEYS}
-    if stage in STAGE_SECTIONS:
-        values = {k: v for k, v in values.items() if k not in STAGE_SECTIONS or k == stage}
-        if stage == "pretrain":
-            values = {k: v for k, v in values.items() if k not in LABEL_KEYS}
-    return values
-
-
-def open_run_dir(out_dir: str | Path, cfg: Config, overwrite: bool = False, is_main: bool = True,
-                 stage: str | None = None) -> tuple[Path, bool]:
-    """Create the run directory and save the resolved config in it; say whether to resume.
-
-    A directory holding a checkpoint of the same config (as far as ``stage`` depends on it) is
-    resumed; one holding a different config is refused unless ``overwrite``, so a finished run is
-    never clobbered by accident.
-    """
-    out = Path(out_dir)
-    saved = out / "config.yaml"
-    has_checkpoint = (out / "last.safetensors").is_file()
-    resume = False
-    if saved.is_file() and has_checkpoint:
-        import yaml
-
-        old = _relevant(yaml.safe_load(saved.read_text()) or {}, stage)
-        new = _relevant(cfg.to_dict(), stage)
-        if old != new and not overwrite:
-            flat_old, flat_new = _flatten(old), _flatten(new)
-            diff = [k for k in sorted(set(flat_old) | set(flat_new)) if flat_old.get(k) != flat_new.get(k)]
-            raise RunDirError(f"{out} holds a run with a different config (differs in: {', '.join(diff)}); "
-                              f"choose another --out or pass --overwrite")
-        resume = old == new
-    if not is_main:  # rank 0 prepares the directory; the others only need to know whether to resume
-        distributed.barrier()
-        return out, resume
-    if overwrite and out.exists() and not resume:
-        for name in ("last", "best"):
-            for suffix in (".safetensors", ".json", ".state.pt"):
-                (out / f"{name}{suffix}").unlink(missing_ok=True)
-        (out / "metrics.jsonl").unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".*.tmp"):  # left by a writer that was killed; the files they replace are intact
-        stale.unlink()
-    atomic_write(saved, lambda p: save_yaml(cfg, p))
-    distributed.barrier()
-    return out, resume
-
-
-def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in values.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+from simclrv2.train.rundir import RunDirError  # noqa: E402,F401 - moved to .rundir; kept for old imports

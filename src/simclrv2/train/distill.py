@@ -17,9 +17,10 @@ from simclrv2.data.views import ViewMaker
 from simclrv2.losses import distill_loss
 from simclrv2.models.networks import arch_of, build_network
 from simclrv2.train.classifier import load_classifier, select_labeled
-from simclrv2.train.common import (autocast, count_params, evaluate_classifier, make_stepper, open_run_dir,
-                                   prepare_model, start, steps_per_epoch)
+from simclrv2.train.common import (autocast, count_params, evaluate_classifier, make_stepper, prepare_model, start,
+                                   steps_per_epoch)
 from simclrv2.train.loop import Stage, fit
+from simclrv2.train.rundir import open_run
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -49,7 +50,8 @@ def run(cfg: Config, out_dir: str | Path, teacher_path: str | Path, splits: data
     cfg.validate()
     rt = start(cfg)
     device = rt.device
-    out, found = open_run_dir(out_dir, cfg, overwrite, rt.world.is_main, "distill")
+    run_dir = open_run(out_dir, cfg, "distill", overwrite, resume, rt.world.is_main)
+    out = run_dir.path
     splits = splits or datasets.load(cfg.data, cfg.workers)
     if splits.classes and splits.classes != teacher_meta["classes"]:
         raise datasets.DataError(f"the teacher was trained on classes {teacher_meta['classes'][:5]}..., the data "
@@ -57,8 +59,9 @@ def run(cfg: Config, out_dir: str | Path, teacher_path: str | Path, splits: data
     d = cfg.distill
     images = BatchFeed(splits.pretrain_images(), device, cfg.data.on_device, cfg.workers, cfg.data.decode)
     labels = torch.full((len(images),), -1, dtype=torch.long)
+    chosen = None  # labeled images chosen here (not listed in a file), recorded in labeled.txt
     if d.alpha < 1:
-        labeled_idx = _labeled_indices(cfg, splits, out, Path(teacher_path).parent / "labeled.txt")
+        labeled_idx, chosen = _labeled_indices(cfg, splits, Path(teacher_path).parent / "labeled.txt")
         labels[labeled_idx] = splits.train.labels[labeled_idx]
     labels = labels.to(device)
 
@@ -95,7 +98,10 @@ def run(cfg: Config, out_dir: str | Path, teacher_path: str | Path, splits: data
         metrics = evaluate_classifier(net, splits.val.images, splits.val.labels, device, cfg.amp)
         return {f"val_{k}": v for k, v in metrics.items()}
 
-    result = fit(stage, loss_of, evaluate, resume=resume or found, show_progress=show_progress)
+    run_dir.commit()  # teacher, data and config are valid: only now is the directory created or replaced
+    if chosen is not None and rt.world.is_main:
+        subsets.save_list(splits.train.names, chosen, out / "labeled.txt")
+    result = fit(stage, loss_of, evaluate, resume=run_dir.resume, show_progress=show_progress)
     return {**result, "checkpoint": str(out / "best"), "params": count_params(net),
             "teacher_val": meta.get("teacher_val")}
 
@@ -111,12 +117,13 @@ def init_from_pretrained(student: nn.Module, teacher_meta: dict[str, Any]) -> No
                             prefix="encoder.")
 
 
-def _labeled_indices(cfg: Config, splits: datasets.Splits, out: Path, teacher_list: Path) -> torch.Tensor:
-    """The labeled subset for the optional labeled term: the config's, else the teacher's own."""
+def _labeled_indices(cfg: Config, splits: datasets.Splits, teacher_list: Path
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The labeled subset for the optional labeled term: the config's, else the teacher's own; and
+    the same indices again when they were chosen here (to be recorded), else None."""
     if cfg.labels_file is None and teacher_list.is_file():
         cfg.labels_file = str(teacher_list)
     if cfg.labels_file:
-        return subsets.from_file(splits.train.names, cfg.labels_file)
+        return subsets.from_file(splits.train.names, cfg.labels_file), None
     chosen = select_labeled(cfg, splits.train)
-    subsets.save_list(splits.train.names, chosen, out / "labeled.txt")
-    return chosen
+    return chosen, chosen

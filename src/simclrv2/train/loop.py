@@ -3,11 +3,13 @@
 A stage supplies ``loss_of(batch_indices) -> loss`` and, optionally, ``evaluate(epoch) -> metrics``; the
 loop owns everything else. Checkpoints (``last`` every epoch and on SIGTERM/SIGINT, ``best`` by
 validation top-1) carry the optimizer, the random generators and the position in the epoch, so a
-resumed run continues exactly where the interrupted one stopped.
+resumed run continues exactly where the interrupted one stopped. A run resumed with more epochs than it
+was started with continues on the schedule of the new length; one already complete trains nothing.
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Callable
@@ -19,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from simclrv2 import checkpoint
+from simclrv2.errors import NonFiniteError
 from simclrv2.train.common import RunLog, Stepper, epoch_batches, progress, steps_per_epoch
 
 
@@ -92,22 +95,57 @@ def _train_state(stage: Stage, epoch: int, batch_in_epoch: int, epoch_order_stat
 
 
 def resume_from(stage: Stage) -> dict[str, Any] | None:
-    """Load ``out/last`` into the stage if it exists; return its training state (None: fresh start)."""
+    """Load ``out/last`` into the stage if it exists; return its training state (None: fresh start).
+
+    A checkpoint without its training state is an error, never a silent restart (except one of an
+    ``epochs=0`` run, which has trained nothing)."""
     stem = stage.out / "last"
-    if not stem.with_suffix(".safetensors").is_file():
+    if not checkpoint.exists(stem):
         return None
+    tensors, meta = checkpoint.load(stem)
     state = checkpoint.load_train_state(stem)
     if state is None:
-        return None
-    tensors, _ = checkpoint.load(stem)
+        if meta.get("epoch", 0) == 0:
+            return None
+        raise checkpoint.CheckpointError(f"{stem} has no training state; the run cannot be resumed: pass "
+                                         f"--overwrite to train again from the start")
     checkpoint.load_weights(stage.net, tensors, source=f"checkpoint {stem}")
-    stage.stepper.load_state_dict(state["stepper"])
-    for k, g in stage.generators.items():
-        g.set_state(state["generators"][k])
-    for k, v in stage.stateful.items():
-        v.load_state_dict(state["stateful"][k])
-    torch.set_rng_state(state["torch_rng"])
+    try:
+        stage.stepper.load_state_dict(state["stepper"])
+        for k, g in stage.generators.items():
+            g.set_state(state["generators"][k])
+        for k, v in stage.stateful.items():
+            v.load_state_dict(state["stateful"][k])
+        torch.set_rng_state(state["torch_rng"])
+        int(state["epoch"]), int(state["batch_in_epoch"]), list(state["history"])
+    except (KeyError, ValueError, RuntimeError, TypeError) as e:
+        raise checkpoint.CheckpointError(f"the training state of {stem} does not fit this run ({type(e).__name__}: "
+                                         f"{e}); pass --overwrite to train again from the start") from None
     return state
+
+
+def _trim_metrics(path: Path, epochs: int) -> None:
+    """Keep the metrics of the first ``epochs`` epochs (what the resumed checkpoint has seen): lines of
+    an epoch that is redone after a crash, and a line cut by one, go."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and int(record.get("epoch", 0)) <= epochs:
+            kept.append(line + "\n")
+    checkpoint.atomic_write(path, lambda p: p.write_text("".join(kept)))
+
+
+def _check_finite(stage: Stage, epoch: int) -> None:
+    bad = checkpoint.non_finite(stage.net.state_dict())
+    if bad:
+        raise NonFiniteError(f"{len(bad)} weight/statistic tensor(s) hold NaN or inf after epoch {epoch} "
+                             f"({', '.join(bad[:3])}): training diverged (lower the learning rate?); "
+                             f"the last good checkpoint is kept")
 
 
 def fit(stage: Stage, loss_of: Callable[[Tensor], Tensor], evaluate: Callable[[int], dict[str, float]] | None = None,
@@ -123,7 +161,16 @@ def fit(stage: Stage, loss_of: Callable[[Tensor], Tensor], evaluate: Callable[[i
         start_epoch, start_batch = int(state["epoch"]), int(state["batch_in_epoch"])
         carried_loss = float(state.get("loss_sum", 0.0))
         stage.order.set_state(state["order_state"])
-        if stage.is_main and show_progress:
+        if start_epoch > stage.epochs or (start_epoch == stage.epochs and start_batch > 0):
+            raise checkpoint.CheckpointError(
+                f"{stage.out} has already trained {start_epoch} epoch(s), more than epochs={stage.epochs}: "
+                f"choose epochs >= {start_epoch}, or --overwrite to train again")
+        if stage.is_main:
+            _trim_metrics(log.path, start_epoch)
+        if stage.is_main and show_progress and start_epoch == stage.epochs:
+            print(f"{stage.name}: {stage.out} is already complete ({stage.epochs} epochs); nothing to train",
+                  flush=True)
+        elif stage.is_main and show_progress:
             print(f"{stage.name}: resumed from {stage.out / 'last'} at epoch {start_epoch + 1}, "
                   f"batch {start_batch}", flush=True)
     start, before = time.time(), float(state.get("seconds", 0.0)) if state else 0.0
@@ -162,6 +209,7 @@ def fit(stage: Stage, loss_of: Callable[[Tensor], Tensor], evaluate: Callable[[i
                     raise Interrupted(f"{stage.name} stopped by signal {stop.signal} at epoch {epoch + 1}, "
                                       f"batch {i + 1}; resume with --resume")
             bar.close()
+            _check_finite(stage, epoch + 1)
             start_batch, carried_loss = 0, 0.0
             record: dict[str, Any] = {"epoch": epoch + 1, "step": stage.stepper.step_count,
                                       "loss": loss_sum / max(len(batches), 1), "lr": lr,
@@ -183,7 +231,7 @@ def fit(stage: Stage, loss_of: Callable[[Tensor], Tensor], evaluate: Callable[[i
                 checkpoint.save(stage.out / "last", stage.net, meta,
                                 _train_state(stage, epoch + 1, 0, stage.order.get_state(), history, best,
                                              elapsed()))
-    if stage.epochs == 0 and stage.is_main:
+    if stage.epochs == 0 and stage.is_main and state is None:
         checkpoint.save(stage.out / "last", stage.net, {**stage.meta, "epoch": 0, "metrics": {}})
     best_record = max(history, key=lambda r: r.get("val_top1", float("-inf"))) if history else {}
     return {"history": history, "best": best_record, "final": history[-1] if history else {},

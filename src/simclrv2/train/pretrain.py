@@ -16,10 +16,10 @@ from simclrv2.eval.knn import knn_predict
 from simclrv2.losses import nt_xent
 from simclrv2.models.networks import SimCLRModel, arch_of, build_pretrain_model
 from simclrv2 import distributed
-from simclrv2.train.common import (autocast, count_params, infer, make_stepper, open_run_dir, start, steps_per_epoch,
-                                   topk_accuracy)
+from simclrv2.train.common import autocast, count_params, infer, make_stepper, start, steps_per_epoch, topk_accuracy
 from simclrv2.train.memory import MemoryQueue, MovingAverage
 from simclrv2.train.loop import Stage, fit
+from simclrv2.train.rundir import open_run
 
 
 def knn_accuracy(model: SimCLRModel, splits: datasets.Splits, device: torch.device, k: int, temperature: float,
@@ -46,7 +46,8 @@ def run(cfg: Config, out_dir: str | Path, splits: datasets.Splits | None = None,
     """
     cfg = copy.deepcopy(cfg)
     rt = start(cfg)
-    out, found = open_run_dir(out_dir, cfg, overwrite, rt.world.is_main, "pretrain")
+    run_dir = open_run(out_dir, cfg, "pretrain", overwrite, resume, rt.world.is_main)
+    out = run_dir.path
     splits = splits or datasets.load(cfg.data, cfg.workers)
     images = BatchFeed(splits.pretrain_images(), rt.device, cfg.data.on_device, cfg.workers, cfg.data.decode)
     n = len(images)
@@ -100,6 +101,7 @@ def run(cfg: Config, out_dir: str | Path, splits: datasets.Splits | None = None,
         knn = knn_accuracy(net, splits, rt.device, s.knn_k, s.knn_temperature, cfg.amp)
         return {"knn_top1": knn["top1"], "knn_top5": knn["top5"]} if knn else {}
 
-    result = fit(stage, loss_of, evaluate, resume=resume or found, show_progress=show_progress,
+    run_dir.commit()  # the data and config are valid: only now is the directory created or replaced
+    result = fit(stage, loss_of, evaluate, resume=run_dir.resume, show_progress=show_progress,
                  after_step=after_step)
     return {**result, "checkpoint": str(out / "last"), "params": count_params(net)}
