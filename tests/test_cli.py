@@ -30,7 +30,7 @@ def pretrained(tmp_path_factory):
     (["model=resnet99"], "unknown model 'resnet99'"),
     (["lr=-0.1"], "pretrain.lr must be > 0"),
     (["temperature=0"], "pretrain.temperature must be > 0"),
-    (["batch_size=0"], "pretrain.batch_size must be >= 1"),
+    (["batch_size=0"], "pretrain.batch_size must be >= 2"),
     (["epochs=abc"], "'abc' is not a valid int"),
     (["no_such_key=1"], "unknown config key 'no_such_key'"),
     (["--config", "{tmp}/bad.yaml"], "not valid YAML"),

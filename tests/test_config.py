@@ -44,7 +44,7 @@ def test_yaml_then_overrides(tmp_path):
 @pytest.mark.parametrize("override,message", [
     ("lr=-1", "pretrain.lr must be > 0"),
     ("temperature=0", "pretrain.temperature must be > 0"),
-    ("batch_size=0", "pretrain.batch_size must be >= 1"),
+    ("batch_size=0", "pretrain.batch_size must be >= 2"),
     ("epochs=ten", "is not a valid int"),
     ("nonsense=1", "unknown config key 'nonsense'"),
     ("pretrain.nonsense=1", "unknown key 'nonsense'"),

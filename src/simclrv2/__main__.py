@@ -2,6 +2,10 @@
 
 import sys
 
-from simclrv2.cli import main
+try:
+    from simclrv2.cli import main
+except KeyboardInterrupt:  # Ctrl-C while torch is still being imported
+    print("simclrv2: interrupted", file=sys.stderr)
+    sys.exit(130)
 
 sys.exit(main())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,12 +16,31 @@ from typing import Any
 from simclrv2 import checkpoint, distributed
 from simclrv2.config import Config, ConfigError, from_dict, load_yaml, merge, parse_overrides, preset, preset_names
 from simclrv2.data.datasets import DATASETS, DataError
+from simclrv2.errors import UserError
 from simclrv2.inference import InferenceError, commands as inference_commands
-from simclrv2.train.common import NonFiniteLossError, RunDirError
 from simclrv2.train.loop import Interrupted
 
-ERRORS = (ConfigError, DataError, checkpoint.CheckpointError, NonFiniteLossError, RunDirError, Interrupted,
-          FileNotFoundError, InferenceError)
+# The user's to fix: one line and exit code 2. UserError is the base class to subclass; the others
+# predate it. OSError covers files and disks (missing, unreadable, read-only, full).
+ERRORS = (UserError, ConfigError, DataError, InferenceError, Interrupted, OSError)
+
+
+def _message(e: BaseException) -> str:
+    """The error as one line."""
+    if isinstance(e, OSError) and e.strerror:
+        where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 else "")
+        hint = {"EROFS": "the file system is read-only", "ENOSPC": "free some space or choose another --out",
+                "EDQUOT": "free some space or choose another --out",
+                "EACCES": "check the permissions"}.get(errno_name(e.errno), "")
+        text = f"{e.strerror}: {where}" if e.filename else e.strerror
+        return f"{text}; {hint}" if hint else text
+    return "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
+
+
+def errno_name(number: int | None) -> str:
+    import errno
+
+    return errno.errorcode.get(number or 0, "")
 
 
 def _common(p: argparse.ArgumentParser, out_default: str | None = None) -> None:
@@ -172,6 +192,11 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command. User errors end as one line on stderr and exit code 2 (with their traceback
+    under ``--debug`` or ``SIMCLRV2_DEBUG=1``); Ctrl-C ends with exit code 130."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("SIMCLRV2_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
@@ -215,7 +240,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(pipeline.results_table(results["rows"]))
                 print(f"results: {Path(args.out) / 'results.json'}, report: {Path(args.out) / 'report.md'}")
     except ERRORS as e:
-        print(f"simclrv2 {args.command}: error: {e}", file=sys.stderr)
+        if debug:
+            raise
+        print(f"simclrv2 {args.command}: error: {_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"simclrv2 {args.command}: interrupted", file=sys.stderr)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,8 +20,10 @@ from typing import Any
 
 import yaml
 
+from simclrv2.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A config key or value is wrong; the message names it."""
 
 
@@ -158,6 +161,9 @@ class Config:
         _check(self.data.memory_gb >= 0, "data.memory_gb must be >= 0")
         _check(self.data.cache_size >= 0, "data.cache_size must be >= 0")
         _check(self.workers >= 0, "workers must be >= 0")
+        _check(0 <= self.seed < 2**63, f"seed must be in [0, 2**63) (got {self.seed})")
+        _check(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None,
+               f"device {self.device!r} is not a device name; use auto, cpu, cuda or cuda:N")
         from simclrv2.models.registry import list_encoders
 
         _check(self.model.model in list_encoders(),
@@ -167,6 +173,9 @@ class Config:
         _check(self.model.width > 0, "model.width must be > 0")
         _check(0 <= self.model.sk_ratio < 1, "model.sk_ratio must be in [0, 1)")
         _check(self.model.head_layers >= 0, "model.head_layers must be >= 0")
+        _check(self.model.proj_dim >= 1, f"model.proj_dim must be >= 1 (got {self.model.proj_dim})")
+        _check(self.model.head_dim is None or self.model.head_dim >= 1,
+               f"model.head_dim must be >= 1 or none (got {self.model.head_dim})")
         _check(0 <= self.model.ft_layer <= self.model.head_layers,
                f"model.ft_layer must be in [0, head_layers={self.model.head_layers}]")
         _check(self.aug.color_strength >= 0, "aug.color_strength must be >= 0")
@@ -181,14 +190,20 @@ class Config:
         for name in ("pretrain", "finetune", "distill", "supervised"):
             s: OptimConfig = getattr(self, name)
             _check(s.epochs >= 0, f"{name}.epochs must be >= 0")
-            _check(s.batch_size >= 1, f"{name}.batch_size must be >= 1 (got {s.batch_size})")
+            _check(s.batch_size >= 2, f"{name}.batch_size must be >= 2 (got {s.batch_size}): BatchNorm and the "
+                                      f"contrastive loss need two images per batch")
             _check(s.lr > 0 and math.isfinite(s.lr), f"{name}.lr must be > 0 (got {s.lr})")
             _check(s.weight_decay >= 0, f"{name}.weight_decay must be >= 0")
             _check(s.warmup_epochs >= 0, f"{name}.warmup_epochs must be >= 0")
             _check(s.lr_scaling in ("sqrt", "linear", "none"), f"{name}.lr_scaling must be sqrt, linear or none")
             _check(s.optimizer in ("lars", "sgd", "adamw"), f"{name}.optimizer must be lars, sgd or adamw")
+            _check(0 <= s.momentum < 1, f"{name}.momentum must be in [0, 1)")
+            _check(s.trust_coefficient > 0, f"{name}.trust_coefficient must be > 0")
         _check(self.pretrain.temperature > 0, f"pretrain.temperature must be > 0 (got {self.pretrain.temperature})")
         _check(self.pretrain.memory_size >= 0, "pretrain.memory_size must be >= 0")
+        _check(self.pretrain.knn_k >= 1, f"pretrain.knn_k must be >= 1 (got {self.pretrain.knn_k})")
+        _check(self.pretrain.knn_every >= 0, "pretrain.knn_every must be >= 0 (0: no kNN monitor)")
+        _check(self.pretrain.knn_temperature > 0, "pretrain.knn_temperature must be > 0")
         _check(0 <= self.pretrain.memory_momentum < 1, "pretrain.memory_momentum must be in [0, 1)")
         _check(self.distill.temperature > 0, f"distill.temperature must be > 0 (got {self.distill.temperature})")
         _check(0 <= self.distill.alpha <= 1, "distill.alpha must be in [0, 1]")
@@ -318,12 +333,20 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if hint is int:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
-            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+            number = float(value) if isinstance(value, str) and "e" in value.lower() else value
+            if isinstance(number, float) and not number.is_integer():
+                raise ValueError
+            return int(number)
         if hint is float:
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise ConfigError(f"{where}: {value!r} is not a finite number")
+            return number
         if hint is str:
             return str(value)
-    except (TypeError, ValueError):
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{where}: {value!r} is not a valid {getattr(hint, '__name__', hint)}") from None
     return value
 
@@ -333,7 +356,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.object[e.start]:#x} at offset {e.start}); "
+                          f"save it as UTF-8") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
     if not isinstance(values, dict):

@@ -5,7 +5,9 @@ The exported network is the classifier in eval mode: input ``images`` float32 ``
 ``FILE.json`` records the preprocessing and the class names so the file can be used on its own.
 
 ONNX uses the TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``), which needs only
-the ``onnx`` package; the dynamo exporter would also need ``onnxscript``.
+the ``onnx`` package; the dynamo exporter would also need ``onnxscript``. Every export is checked
+before it is published: the file is loaded back (onnxruntime, ``torch.jit.load``) and must give the
+PyTorch network's logits on a batch of another size; otherwise no file is left at ``out``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -51,12 +54,26 @@ def _quiet_tracing() -> None:
     warnings.simplefilter("ignore", torch.jit.TracerWarning)
 
 
+def opset_range() -> tuple[int, int]:
+    """The ONNX opsets the TorchScript-based exporter can write."""
+    try:
+        from torch.onnx import _constants
+
+        return _constants.ONNX_MIN_OPSET, _constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
+    except (ImportError, AttributeError):
+        return 7, 20
+
+
 def to_onnx(net: nn.Module, example: torch.Tensor, out: Path, opset: int = ONNX_OPSET) -> None:
     """ONNX with a dynamic batch axis, via the TorchScript-based exporter."""
     try:
         import onnx  # noqa: F401 - the exporter serialises with it
     except ImportError:
         raise InferenceError("ONNX export needs the onnx package: pip install 'simclrv2[export]'") from None
+    low, high = opset_range()
+    if not low <= opset <= high:
+        raise InferenceError(f"--opset {opset} cannot be exported: choose an opset in [{low}, {high}] "
+                             f"(default {ONNX_OPSET})")
     with warnings.catch_warnings():
         _quiet_tracing()
         warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter is deprecated, not removed
@@ -76,6 +93,37 @@ def to_torchscript(net: nn.Module, example: torch.Tensor, out: Path) -> None:
         torch.jit.save(traced, str(out))
 
 
+def verify(fmt: str, path: Path, net: nn.Module, size: int) -> None:
+    """Load the exported file back and compare its logits with the network's on a batch of 3."""
+    x = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = net(x).numpy()
+    try:
+        if fmt == "onnx":
+            try:
+                import onnxruntime as ort
+            except ImportError:
+                raise InferenceError("checking an ONNX export needs onnxruntime: pip install 'simclrv2[export]'"
+                                     ) from None
+            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            got = session.run(["logits"], {"images": x.numpy()})[0]
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                module = torch.jit.load(str(path))
+            with torch.no_grad():
+                got = module(x).numpy()
+    except InferenceError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever the runtime says, the file is unusable
+        raise InferenceError(f"the exported {fmt} file does not load in its runtime ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''}); nothing was written") from None
+    if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-3, atol=1e-4):
+        diff = float(np.abs(got - expected).max()) if got.shape == expected.shape else float("nan")
+        raise InferenceError(f"the exported {fmt} file computes other logits than the checkpoint (shape "
+                             f"{got.shape} vs {expected.shape}, max difference {diff:.3g}); nothing was written")
+
+
 def export_checkpoint(ckpt: str | Path, fmt: str, out: str | Path, opset: int = ONNX_OPSET) -> tuple[Path, Path]:
     """Export classifier ``ckpt`` to ``out`` in format ``fmt``; write ``out.json``; return both paths."""
     if fmt not in FORMATS:
@@ -85,10 +133,11 @@ def export_checkpoint(ckpt: str | Path, fmt: str, out: str | Path, opset: int = 
     size = int(meta["image_size"])
     example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     out = Path(out)
-    if fmt == "onnx":
-        checkpoint.atomic_write(out, lambda tmp: to_onnx(net, example, tmp, opset))
-    else:
-        checkpoint.atomic_write(out, lambda tmp: to_torchscript(net, example, tmp))
+    def write(tmp: Path) -> None:
+        to_onnx(net, example, tmp, opset) if fmt == "onnx" else to_torchscript(net, example, tmp)
+        verify(fmt, tmp, net, size)
+
+    checkpoint.atomic_write(out, write)
     info = out.with_name(out.name + ".json")
     checkpoint.write_json(info, sidecar(meta, fmt, ckpt))
     return out, info
