@@ -93,6 +93,27 @@ def lock(out: Path) -> None:
     _held[key] = fd
 
 
+def release(out: Path) -> None:
+    """Give up the write lock of ``out`` (it is also dropped when the process ends)."""
+    fd = _held.pop(str(Path(out).resolve()), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def _check_resumable(stem: Path, epochs: int) -> None:
+    """The checkpoint to resume is complete (weights and training state of one save) and not further
+    than ``epochs``: checked before anything is written."""
+    _, meta = checkpoint.load(stem)
+    state = checkpoint.load_train_state(stem)
+    done = int(meta.get("epoch", 0))
+    if state is None and done > 0:
+        raise checkpoint.CheckpointError(f"{stem} has no training state; the run cannot be resumed: pass "
+                                         f"--overwrite to train again from the start")
+    if done > epochs or (done == epochs and meta.get("interrupted")):
+        raise RunDirError(f"{stem.parent} has already trained {done}{'+' if meta.get('interrupted') else ''} "
+                          f"epoch(s), more than epochs={epochs}: choose more epochs, or --overwrite to train again")
+
+
 def _recorded(out: Path) -> tuple[str | None, dict[str, Any]] | None:
     """(stage, config) of the run in ``out``; None when ``out`` holds no run."""
     run_file, yaml_file = out / RUN_FILE, out / "config.yaml"
@@ -191,6 +212,7 @@ def open_run(out_dir: str | Path, cfg: Config, stage: str, overwrite: bool = Fal
             diff = [k for k in sorted(set(flat_old) | set(flat_new)) if flat_old.get(k) != flat_new.get(k)]
             if not diff or diff == [f"{stage}.epochs"]:
                 found = True
+                _check_resumable(out / "last", getattr(cfg, stage).epochs)
             elif overwrite:
                 replace = True
             else:
