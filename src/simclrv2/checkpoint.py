@@ -65,7 +65,8 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _check_output(path: Path) -> None:
+def check_output(path: Path) -> None:
+    """Refuse an output path that is a directory or lies under a file, before any work is done."""
     if path.is_dir() and not path.is_symlink():
         raise OutputError(f"{path} is a directory; give a file name as the output")
     for parent in path.parents:
@@ -79,7 +80,7 @@ def atomic_write(path: Path, write) -> None:
     The file is created by ``write`` itself, so its mode follows the umask (as any ``open`` does).
     """
     path = Path(path)
-    _check_output(path)
+    check_output(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
     try:
@@ -118,7 +119,7 @@ def save(stem: str | Path, model: nn.Module, meta: dict[str, Any], train_state: 
     save_id = secrets.token_hex(6)
     parts = [WEIGHTS, META] + ([STATE] if train_state is not None else [])
     meta = {"format": FORMAT, **meta, "save_id": save_id, "parts": parts}
-    _check_output(stem.parent / "x")
+    check_output(stem.parent / "x")
     stem.parent.mkdir(parents=True, exist_ok=True)
     name = stem.name
     new = stem.parent / f".{name}.{save_id}"

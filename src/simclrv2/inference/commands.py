@@ -53,6 +53,13 @@ def run(args: argparse.Namespace) -> int | None:
         return None
     if getattr(args, "batch_size", 1) < 1:
         raise InferenceError(f"--batch-size must be >= 1, got {args.batch_size}")
+    from pathlib import Path
+
+    from simclrv2.checkpoint import check_output
+
+    for out in (getattr(args, "out", None), getattr(args, "csv", None)):
+        if out:
+            check_output(Path(out))  # before any work: a directory or a file in the way
     return {"embed": _embed, "predict": _predict, "export": _export}[args.command](args)
 
 
