@@ -74,17 +74,23 @@ def check_output(path: Path) -> None:
             raise OutputError(f"cannot write {path}: {parent} is a file, not a directory")
 
 
+def _follow_umask(path: Path) -> None:
+    """Give ``path`` the mode ``open`` would (some writers, e.g. safetensors, create files 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def atomic_write(path: Path, write) -> None:
     """Call ``write(tmp_path)``, fsync, then rename over ``path``: readers never see a partial file.
-
-    The file is created by ``write`` itself, so its mode follows the umask (as any ``open`` does).
-    """
+    The file's mode follows the umask, as that of any file made with ``open``."""
     path = Path(path)
     check_output(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
     try:
         write(tmp)
+        _follow_umask(tmp)
         _fsync(tmp)
         os.replace(tmp, path)
         _fsync(path.parent)
@@ -133,6 +139,7 @@ def save(stem: str | Path, model: nn.Module, meta: dict[str, Any], train_state: 
     (new / META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
     kill_point(f"{name}:meta")
     for part in parts:
+        _follow_umask(new / part)
         _fsync(new / part)
     _fsync(new)
     kill_point(f"{name}:publish")
