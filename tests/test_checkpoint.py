@@ -89,3 +89,49 @@ def test_failed_write_keeps_the_previous_file(tmp_path):
         checkpoint.atomic_write(target, explode)
     assert json.loads(target.read_text()) == {"ok": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_parts_of_different_saves_are_refused(tmp_path):
+    net = small_net()
+    checkpoint.save(tmp_path / "a" / "last", net, {"epoch": 1}, {"step": torch.tensor(1)})
+    checkpoint.save(tmp_path / "b" / "last", net, {"epoch": 2}, {"step": torch.tensor(2)})
+    a, b = tmp_path / "a" / "last", tmp_path / "b" / "last"
+    (a / "state.pt").write_bytes((b / "state.pt").read_bytes())
+    with pytest.raises(CheckpointError, match="belongs to another save or run"):
+        checkpoint.load_train_state(a)
+    (b / "meta.json").write_text((a / "meta.json").read_text())
+    with pytest.raises(CheckpointError, match="mixes two saves"):
+        checkpoint.load(b)
+    (a / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="incomplete: model.safetensors is missing"):
+        checkpoint.load(a)
+
+
+def test_every_spelling_of_a_run_resolves(tmp_path):
+    checkpoint.save(tmp_path / "last", small_net(), {"epoch": 2}, {"step": torch.tensor(1)})
+    assert checkpoint.resolve(tmp_path) == tmp_path / "last"
+    checkpoint.save(tmp_path / "best", small_net(), {"epoch": 1})
+    for spelling, stem in ((tmp_path, "best"), (tmp_path / "last", "last"), (tmp_path / "last.safetensors", "last"),
+                           (tmp_path / "best.safetensors", "best")):
+        assert checkpoint.resolve(spelling) == tmp_path / stem
+    assert checkpoint.load_train_state(tmp_path / "best") is None  # best never has a training state
+
+
+def test_the_single_file_form_of_earlier_versions_is_read_and_checked(tmp_path):
+    """``last.safetensors`` + ``last.state.pt``: read; a state of another epoch, or none, is refused."""
+    from safetensors.torch import save_file
+
+    net = small_net()
+    tensors = {k: v.contiguous() for k, v in net.state_dict().items()}
+    save_file(tensors, str(tmp_path / "last.safetensors"),
+              metadata={"simclrv2": json.dumps({"stage": "pretrain", "epoch": 3})})
+    assert checkpoint.load(tmp_path / "last")[1]["epoch"] == 3
+    with pytest.raises(CheckpointError, match="training state of .* is missing"):
+        checkpoint.load_train_state(tmp_path / "last")
+    torch.save({"epoch": 4}, tmp_path / "last.state.pt")
+    with pytest.raises(CheckpointError, match="is of epoch 4 but last.safetensors of epoch 3"):
+        checkpoint.load_train_state(tmp_path / "last")
+    torch.save({"epoch": 3}, tmp_path / "last.state.pt")
+    assert checkpoint.load_train_state(tmp_path / "last") == {"epoch": 3}
+    checkpoint.save(tmp_path / "last", net, {"stage": "pretrain", "epoch": 4}, {"epoch": 4})  # the next save
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["last"]
