@@ -151,3 +151,21 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(runs, capsys, argv, me
 def test_debug_shows_the_traceback(runs):
     with pytest.raises(Exception, match="pretrain.batch_size must be >= 2"):
         main(["--debug", "pretrain", "--out", str(runs / "n9"), *TINY, "batch_size=1"])
+
+
+@pytest.mark.parametrize("number,message", [
+    (28, "No space left on device: {out}/.last.xxx/model.safetensors; free some space or choose another --out"),
+    (30, "Read-only file system: {out}/.last.xxx/model.safetensors; the file system is read-only"),
+])
+def test_a_full_or_read_only_disk_is_one_line(tmp_path, capsys, monkeypatch, number, message):
+    """Simulated (the tests run as root on one disk): the weights cannot be written."""
+    out = tmp_path / "run"
+
+    def fail(tensors, path, metadata=None):
+        raise OSError(number, os.strerror(number), str(out / ".last.xxx" / "model.safetensors"))
+
+    monkeypatch.setattr(checkpoint, "save_file", fail)
+    code = main(["pretrain", "--out", str(out), *TINY])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip().splitlines()[-1] == f"simclrv2 pretrain: error: {message.format(out=out)}"
+    assert "Traceback" not in err

@@ -126,6 +126,8 @@ def save(stem: str | Path, model: nn.Module, meta: dict[str, Any], train_state: 
     parts = [WEIGHTS, META] + ([STATE] if train_state is not None else [])
     meta = {"format": FORMAT, **meta, "save_id": save_id, "parts": parts}
     check_output(stem.parent / "x")
+    if (stem.is_file() or stem.is_dir()) and not stem.is_symlink() and not (stem / WEIGHTS).is_file():
+        raise OutputError(f"cannot save checkpoint {stem}: a file or directory that is not a checkpoint is there")
     stem.parent.mkdir(parents=True, exist_ok=True)
     name = stem.name
     new = stem.parent / f".{name}.{save_id}"

@@ -55,11 +55,11 @@ def frozen_eval(cfg: Config, pretrained: Path, splits: datasets.Splits, labeled_
 def run(cfg: Config, out_dir: str | Path, show_progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Run every stage; write ``results.json`` and ``report.md`` in ``out_dir``; return the results."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     total_start = time.time()
     splits = datasets.load(cfg.data, cfg.workers)
     if splits.val is None or not splits.classes:
         raise datasets.DataError("the pipeline needs labeled data with a validation split")
+    out.mkdir(parents=True, exist_ok=True)  # only once the data is known to be usable
 
     pre = pretrain.run(cfg, out / "pretrain", splits, show_progress, overwrite=overwrite)
     pretrained = out / "pretrain" / "last"
