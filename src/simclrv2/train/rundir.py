@@ -71,11 +71,16 @@ def _writer_of(out: Path) -> str:
     try:
         info = json.loads((out / LOCK_FILE).read_text())
         pid, host = int(info["pid"]), str(info["host"])
-        if host == socket.gethostname():
-            os.kill(pid, 0)  # ProcessLookupError: the record is of an earlier writer
-        return f"pid {pid} on {host}, started {info['started']}: {info.get('command', '?')}"
     except (OSError, ValueError, KeyError, TypeError):
         return "a process that is still starting up"
+    if host == socket.gethostname():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:  # its data-loading workers (forked, holding the lock) are still exiting
+            return f"pid {pid}, which has ended, or a process still starting up; retry in a few seconds"
+        except OSError:
+            pass
+    return f"pid {pid} on {host}, started {info['started']}: {info.get('command', '?')}"
 
 
 def lock(out: Path) -> None:
