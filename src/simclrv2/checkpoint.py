@@ -265,7 +265,8 @@ def load_train_state(path: str | Path) -> dict | None:
     _, meta = load(stem)
     _, meta_file, file = _files(stem)
     if not file.is_file():
-        if STATE in meta.get("parts", []) or meta_file is None and meta.get("stage") and stem.name == "last":
+        legacy_last = meta_file is None and stem.name == "last" and meta.get("epoch", 0) > 0
+        if STATE in meta.get("parts", []) or legacy_last:
             raise CheckpointError(f"the training state of {stem} is missing ({file.name}); the run cannot be "
                                   f"resumed: pass --overwrite to train again from the start")
         return None

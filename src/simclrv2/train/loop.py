@@ -117,7 +117,7 @@ def resume_from(stage: Stage) -> dict[str, Any] | None:
         for k, v in stage.stateful.items():
             v.load_state_dict(state["stateful"][k])
         torch.set_rng_state(state["torch_rng"])
-        int(state["epoch"]), int(state["batch_in_epoch"]), list(state["history"])
+        int(state["epoch"]), int(state["batch_in_epoch"]), list(state["history"])  # what fit() reads next
     except (KeyError, ValueError, RuntimeError, TypeError) as e:
         raise checkpoint.CheckpointError(f"the training state of {stem} does not fit this run ({type(e).__name__}: "
                                          f"{e}); pass --overwrite to train again from the start") from None
@@ -133,10 +133,10 @@ def _trim_metrics(path: Path, epochs: int) -> None:
     for line in path.read_text().splitlines():
         try:
             record = json.loads(line)
-        except ValueError:
+            if int(record.get("epoch", 0)) <= epochs:
+                kept.append(line + "\n")
+        except (ValueError, TypeError, AttributeError):
             continue
-        if isinstance(record, dict) and int(record.get("epoch", 0)) <= epochs:
-            kept.append(line + "\n")
     checkpoint.atomic_write(path, lambda p: p.write_text("".join(kept)))
 
 
