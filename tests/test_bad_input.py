@@ -49,7 +49,7 @@ def runs(tmp_path_factory):
     save_file({"w": torch.zeros(2)}, str(root / "foreign.safetensors"))
     # copies of the pretrain run: one with the training state of another run, one without its state,
     # one whose checkpoint lost a part
-    for name in ("other_state", "no_state", "no_meta"):
+    for name in ("other_state", "no_state", "no_meta", "dangling"):
         shutil.copytree(root / "pre", root / name, symlinks=True)
     other = root / "other"
     assert main(["pretrain", "--out", str(other), *TINY, "seed=7"]) == 0
@@ -57,6 +57,7 @@ def runs(tmp_path_factory):
     shutil.copy(other / "last" / "state.pt", root / "other_state" / "last" / "state.pt")
     (root / "no_state" / "last" / "state.pt").unlink()
     (root / "no_meta" / "last" / "meta.json").unlink()
+    shutil.rmtree((root / "dangling" / "last").resolve())
     (root / "images" / "cat").mkdir(parents=True)
     (root / "images" / "dog").mkdir(parents=True)
     from PIL import Image
@@ -110,6 +111,14 @@ CASES = [
     (["pretrain", "--out", "{root}/other_state"], "belongs to another save or run"),
     (["pretrain", "--out", "{root}/no_state"], "checkpoint {root}/no_state/last is incomplete: state.pt missing"),
     (["evaluate", "--checkpoint", "{root}/foreign"], "not a simclrv2 checkpoint"),
+    (["evaluate", "--checkpoint", "{root}/a_dir"], "no checkpoint (best or last) in"),
+    (["pretrain", "--out", "{root}/dangling"], "which is missing"),
+    (["distill", "--teacher", PRE + "/last", "--out", "{root}/n8"], "is a 'pretrain' checkpoint, not a classifier"),
+    (["supervised", "--out", "{root}/n8", "labels_per_class=0"], "labels_per_class must be >= 1"),
+    (["supervised", "--out", "{root}/n8", "--labels", "0"], "a label fraction must be in (0, 1]"),
+    (["pretrain", "--out", "{root}/n8", "image_size=0"], "data.image_size must be > 0"),
+    (["pretrain", "--out", "{root}/n8", "workers=-1"], "workers must be >= 0"),
+    (["pretrain", "--out", "{root}/n8", "val_fraction=1"], "data.val_fraction must be in (0, 1)"),
     # inference outputs
     (["predict", "--checkpoint", SUP + "/best", "{root}/images/dog", "--csv", "{root}/a_dir"], "is a directory"),
     (["embed", "--checkpoint", PRE + "/last", "--out", "{root}/a_dir"], "is a directory"),
@@ -132,7 +141,7 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(runs, capsys, argv, me
     if training and argv[0] != "finetune" and not any(a.startswith("--data") for a in argv):
         given = {x.split("=")[0] for x in argv} | ({"device"} if "--device" in argv else set())
         argv += [a for a in TINY if a.split("=")[0] not in given]
-    protected = [runs / name for name in ("pre", "sup", "other_state", "no_state", "no_meta")]
+    protected = [runs / name for name in ("pre", "sup", "other_state", "no_state", "no_meta", "dangling")]
     before = [tree_hash(p) for p in protected]
     existed = {p.name for p in runs.iterdir()}
     capsys.readouterr()
