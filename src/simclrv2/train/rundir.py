@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,15 +165,11 @@ class RunDir:
                 for name in RUN_FILES:
                     (out / name).unlink(missing_ok=True)
                 if (out / "tensorboard").is_dir():
-                    import shutil
-
                     shutil.rmtree(out / "tensorboard")
             out.mkdir(parents=True, exist_ok=True)
             lock(out)
-            import sys
-
             checkpoint.write_json(out / LOCK_FILE, {
-                "pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                 "command": " ".join(["simclrv2", *sys.argv[1:]])[:300]})
             for stale in out.glob(".*.tmp"):  # left by a writer that was killed; what they replace is intact
                 stale.unlink()
