@@ -168,9 +168,9 @@ class RunDir:
                     shutil.rmtree(out / "tensorboard")
             out.mkdir(parents=True, exist_ok=True)
             lock(out)
-            checkpoint.write_json(out / LOCK_FILE, {
-                "pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-                "command": " ".join(["simclrv2", *sys.argv[1:]])[:300]})
+            started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+            checkpoint.write_json(out / LOCK_FILE, {"pid": os.getpid(), "host": socket.gethostname(), "started": started,
+                                                    "command": " ".join(["simclrv2", *sys.argv[1:]])[:300]})
             for stale in out.glob(".*.tmp"):  # left by a writer that was killed; what they replace is intact
                 stale.unlink()
             for name in ("last", "best"):
