@@ -2,10 +2,6 @@
 
 import sys
 
-try:
-    from simclrv2.cli import main
-except KeyboardInterrupt:  # Ctrl-C while torch is still being imported
-    print("simclrv2: interrupted", file=sys.stderr)
-    sys.exit(130)
+from simclrv2.launch import main
 
 sys.exit(main())
