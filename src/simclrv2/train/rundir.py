@@ -12,6 +12,7 @@ replaces an old run (``--overwrite``), creates the directory and records the new
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
@@ -97,6 +98,8 @@ def lock(out: Path) -> None:
         os.close(fd)
         raise RunDirError(f"{out} is being written by another run ({_writer_of(out)}); wait for it to end "
                           f"or choose another --out") from None
+    except OSError as e:  # a file system without locks (some network mounts)
+        logging.getLogger(__name__).warning("cannot lock %s (%s): make sure only one run writes it", out, e.strerror)
     _held[key] = fd
 
 
