@@ -10,8 +10,6 @@ epsilon 1e-5, selective kernels as in the official tf2/resnet.py) and reads the 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -273,17 +271,21 @@ def test_head_input_choice(official):
     assert np.abs(logits - ref0["logits"]).max() > 1e-2
 
 
-def _cli(*args, cwd=None):
-    env = {"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"}
-    return subprocess.run([sys.executable, "-m", "simclrv2", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=300)
+def _cli(capsys, *args):
+    """Run the command line in this process: (exit code, stdout, stderr)."""
+    from simclrv2 import cli
+
+    capsys.readouterr()
+    code = cli.main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
 def _tf():
     return pytest.importorskip("tensorflow")
 
 
-def test_bad_inputs_one_line_no_file(official, tmp_path):
+def test_bad_inputs_one_line_no_file(official, tmp_path, capsys):
     tf = _tf()
     folder, _ = official["r50_0.25x_sk0"]
     empty = tmp_path / "empty"
@@ -308,33 +310,51 @@ def test_bad_inputs_one_line_no_file(official, tmp_path):
              (extra, [], "base_model/dense/kernel")]
     for i, (src, flags, message) in enumerate(cases):
         out = tmp_path / f"out{i}"
-        r = _cli("import-tf", src, "--out", out, *flags)
-        assert r.returncode == 2, r.stderr
-        lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("simclrv2 import-tf: error: ") and message in lines[0], r.stderr
+        code, out_, err = _cli(capsys, "import-tf", src, "--out", out, *flags)
+        assert code == 2, err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("simclrv2 import-tf: error: ") and message in lines[0], err
         assert not out.exists()
 
 
-def test_imported_checkpoints_work_in_the_stages(official, tmp_path):
+def test_imported_checkpoints_work_in_the_stages(official, tmp_path, capsys):
     folder, _ = official["r18_0.25x_sk0_cifar"]
     out = tmp_path / "imported"
-    r = _cli("import-tf", folder, "--out", out, "--arch", "r18_0.25x_sk0_cifar")
-    assert r.returncode == 0, r.stderr
-    assert "checkpoint:" in r.stdout and not (out / "classifier.safetensors").exists()
+    code, out_, err = _cli(capsys, "import-tf", folder, "--out", out, "--arch", "r18_0.25x_sk0_cifar")
+    assert code == 0, err
+    assert "checkpoint:" in out_ and not (out / "classifier.safetensors").exists()
     _, meta = checkpoint.load(out / "pretrain")
     assert meta["kind"] == "pretrain" and meta["official_arch"] == "r18_0.25x_sk0_cifar"
     images = write_image_folder(tmp_path / "images", per_class=6, size=16)
     overrides = ["finetune.epochs=1", "finetune.batch_size=8", "data.image_size=16", "workers=0"]
-    r = _cli("finetune", "--pretrained", out / "pretrain", "--data", images, "--out", tmp_path / "ft",
+    code, out_, err = _cli(capsys, "finetune", "--pretrained", out / "pretrain", "--data", images, "--out", tmp_path / "ft",
              "--labels", "0.5", *overrides)
-    assert r.returncode == 0, r.stderr
-    r = _cli("evaluate", "--checkpoint", tmp_path / "ft" / "best", "--data", images)
-    assert r.returncode == 0 and "classifier:" in r.stdout, r.stderr
+    assert code == 0, err
+    code, out_, err = _cli(capsys, "evaluate", "--checkpoint", tmp_path / "ft" / "best", "--data", images)
+    assert code == 0 and "classifier:" in out_, err
 
     folder, _ = official["r50_0.25x_sk1"]
-    r = _cli("import-tf", folder, "--out", tmp_path / "imported50")
-    assert r.returncode == 0, r.stderr
+    code, out_, err = _cli(capsys, "import-tf", folder, "--out", tmp_path / "imported50")
+    assert code == 0, err
     _, meta = checkpoint.load(tmp_path / "imported50" / "classifier")
     assert meta["kind"] == "classifier" and len(meta["classes"]) == 1000 and meta["classes"][0] == "n01440764"
-    r = _cli("predict", "--checkpoint", tmp_path / "imported50" / "classifier", images / "cat", "--top", "2")
-    assert r.returncode == 0, r.stderr
+    code, out_, err = _cli(capsys, "predict", "--checkpoint", tmp_path / "imported50" / "classifier", images / "cat", "--top", "2")
+    assert code == 0, err
+
+
+def test_crc32c_and_corruption(official, tmp_path):
+    from simclrv2.official.tf_bundle import BundleError, crc32c
+
+    assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+    folder, _ = official["r18_0.25x_sk0_cifar"]
+    prefix = folder / "model.ckpt-751"
+    bundle = TFBundle(prefix)
+    entry = bundle.entries["base_model/batch_normalization/gamma"]
+    for f in folder.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    shard = tmp_path / "model.ckpt-751.data-00000-of-00001"
+    data = bytearray(shard.read_bytes())
+    data[entry.offset] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="checksum"):
+        TFBundle(tmp_path / "model.ckpt-751").read("base_model/batch_normalization/gamma")

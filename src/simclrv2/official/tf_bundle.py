@@ -23,7 +23,7 @@ BLOCK_TRAILER = 5  # compression type byte + masked crc32c
 DTYPES = {1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 5: np.int16, 6: np.int8, 9: np.int64,
           10: np.bool_, 17: np.uint16, 19: np.float16, 22: np.uint32, 23: np.uint64}
 DT_STRING = 7
-VERIFY_WITHOUT_FAST_CRC = 1 << 20  # bytes: the pure-Python crc32c checks tensors up to this size
+VERIFY_WITHOUT_FAST_CRC = 1 << 16  # bytes: without a C crc32c, only tensors up to this size are checked
 
 
 class BundleError(ValueError):
