@@ -358,3 +358,38 @@ def test_crc32c_and_corruption(official, tmp_path):
     shard.write_bytes(bytes(data))
     with pytest.raises(BundleError, match="checksum"):
         TFBundle(tmp_path / "model.ckpt-751").read("base_model/batch_normalization/gamma")
+
+
+OFFICIAL_1PCT = ROOT.parent / "shared" / "data" / "imagenet-subsets" / "1percent.txt"
+
+
+def test_labels_file_takes_the_official_list_as_it_is(tmp_path, capsys, caplog):
+    """An ImageNet-style folder with the listed images of 3 classes plus others; the list also names a 4th class."""
+    from PIL import Image
+
+    if OFFICIAL_1PCT.is_file():  # a few lines of the official list, in its own order and format
+        lines = OFFICIAL_1PCT.read_text().split()
+        wnids = sorted({line.split("_")[0] for line in lines})[:4]
+        listed = [line for line in lines if line.split("_")[0] in wnids]
+    else:
+        wnids = ["n01440764", "n01443537", "n01484850", "n01491361"]
+        listed = [f"{w}_{1000 + 7 * i}.JPEG" for w in wnids for i in range(5)]
+    in_folder = [name for name in listed if not name.startswith(wnids[3])]  # class 4: listed, not in the folder
+    rng = np.random.default_rng(0)
+    for split, names in (("train", in_folder + [f"{w}_{90000 + i}.JPEG" for w in wnids[:3] for i in range(4)]),
+                         ("val", [f"ILSVRC2012_val_{w}_{i}.JPEG" for w in wnids[:3] for i in range(2)])):
+        for name in names:
+            wnid = name.split("_")[-2] if split == "val" else name.split("_")[0]
+            (tmp_path / "imagenet" / split / wnid).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(
+                tmp_path / "imagenet" / split / wnid / name)
+    list_file = tmp_path / "1percent.txt"
+    list_file.write_text("".join(f"{name}\n" for name in listed))
+    code, _, err = _cli(capsys, "supervised", "--data", tmp_path / "imagenet", "--labels-file", list_file,
+                        "--out", tmp_path / "run", "supervised.epochs=1", "supervised.batch_size=8",
+                        "data.image_size=12", "workers=0")
+    assert code == 0, err
+    used = [Path(line).name for line in (tmp_path / "run" / "labeled.txt").read_text().split()]
+    assert sorted(used) == sorted(in_folder)  # exactly the listed images present, none of the others
+    missing = len(listed) - len(in_folder)
+    assert f"{missing} of {len(listed)} names" in caplog.text
