@@ -332,14 +332,28 @@ def test_imported_checkpoints_work_in_the_stages(official, tmp_path, capsys):
     assert code == 0, err
     code, out_, err = _cli(capsys, "evaluate", "--checkpoint", tmp_path / "ft" / "best", "--data", images)
     assert code == 0 and "classifier:" in out_, err
+    code, out_, err = _cli(capsys, "evaluate", "--checkpoint", out / "pretrain", "--data", images,
+                           "data.image_size=16")
+    assert code == 0 and "knn:" in out_, err
+    code, _, err = _cli(capsys, "embed", "--checkpoint", out / "pretrain", "--data", images, "--layer", "3",
+                        "--out", tmp_path / "feats.safetensors")
+    assert code == 0 and (tmp_path / "feats.safetensors").is_file(), err
+    code, _, err = _cli(capsys, "distill", "--teacher", tmp_path / "ft" / "best", "--student", "resnet18",
+                        "--student-width", "0.125", "--out", tmp_path / "student", "distill.epochs=1",
+                        "distill.batch_size=8", "workers=0")
+    assert code == 0, err
 
     folder, _ = official["r50_0.25x_sk1"]
     code, out_, err = _cli(capsys, "import-tf", folder, "--out", tmp_path / "imported50")
     assert code == 0, err
     _, meta = checkpoint.load(tmp_path / "imported50" / "classifier")
     assert meta["kind"] == "classifier" and len(meta["classes"]) == 1000 and meta["classes"][0] == "n01440764"
-    code, out_, err = _cli(capsys, "predict", "--checkpoint", tmp_path / "imported50" / "classifier", images / "cat", "--top", "2")
-    assert code == 0, err
+    code, out_, err = _cli(capsys, "predict", "--checkpoint", tmp_path / "imported50" / "classifier", images / "cat",
+                           "--top", "2")
+    assert code == 0 and "n0" in out_, err
+    code, _, err = _cli(capsys, "export", "--checkpoint", tmp_path / "imported50" / "classifier", "--format",
+                        "torchscript", "--out", tmp_path / "r50.pt")
+    assert code == 0 and (tmp_path / "r50.pt").is_file(), err
 
 
 def test_crc32c_and_corruption(official, tmp_path):
