@@ -327,7 +327,8 @@ def test_imported_checkpoints_work_in_the_stages(official, tmp_path, capsys):
     assert meta["kind"] == "pretrain" and meta["official_arch"] == "r18_0.25x_sk0_cifar"
     images = write_image_folder(tmp_path / "images", per_class=6, size=16)
     overrides = ["finetune.epochs=1", "finetune.batch_size=8", "data.image_size=16", "workers=0"]
-    code, out_, err = _cli(capsys, "finetune", "--pretrained", out / "pretrain", "--data", images, "--out", tmp_path / "ft",
+    code, out_, err = _cli(capsys, "finetune", "--pretrained", out / "pretrain", "--data", images,
+                           "--out", tmp_path / "ft",
              "--labels", "0.5", *overrides)
     assert code == 0, err
     code, out_, err = _cli(capsys, "evaluate", "--checkpoint", tmp_path / "ft" / "best", "--data", images)
@@ -407,3 +408,22 @@ def test_labels_file_takes_the_official_list_as_it_is(tmp_path, capsys, caplog):
     assert sorted(used) == sorted(in_folder)  # exactly the listed images present, none of the others
     missing = len(listed) - len(in_folder)
     assert f"{missing} of {len(listed)} names" in caplog.text
+
+
+def test_find_prefix_accepts_the_released_layouts(tmp_path):
+    (tmp_path / "tf1").mkdir()
+    for step in (5, 751, 80):  # newest step wins without a 'checkpoint' file; the file decides when present
+        (tmp_path / "tf1" / f"model.ckpt-{step}.index").write_bytes(b"")
+    (tmp_path / "tf1" / "hub" / "variables").mkdir(parents=True)
+    (tmp_path / "tf1" / "hub" / "variables" / "variables.index").write_bytes(b"")
+    assert tf_import.find_prefix(tmp_path / "tf1") == tmp_path / "tf1" / "model.ckpt-751"
+    (tmp_path / "tf1" / "checkpoint").write_text('model_checkpoint_path: "/elsewhere/model.ckpt-80"\n')
+    assert tf_import.find_prefix(tmp_path / "tf1") == tmp_path / "tf1" / "model.ckpt-80"
+    assert tf_import.find_prefix(tmp_path / "tf1" / "model.ckpt-5") == tmp_path / "tf1" / "model.ckpt-5"
+    assert tf_import.find_prefix(tmp_path / "tf1" / "model.ckpt-5.index") == tmp_path / "tf1" / "model.ckpt-5"
+    assert tf_import.find_prefix(tmp_path / "tf1" / "hub") == tmp_path / "tf1" / "hub" / "variables" / "variables"
+    (tmp_path / "tf2" / "saved_model" / "variables").mkdir(parents=True)
+    (tmp_path / "tf2" / "saved_model" / "variables" / "variables.index").write_bytes(b"")
+    assert tf_import.find_prefix(tmp_path / "tf2") == tmp_path / "tf2" / "saved_model" / "variables" / "variables"
+    with pytest.raises(tf_import.TFImportError, match="does not exist"):
+        tf_import.find_prefix(tmp_path / "nothing")

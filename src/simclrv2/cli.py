@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("import-tf", help="convert an official SimCLRv2 TensorFlow checkpoint into ours")
     p.add_argument("src", help="TF1 checkpoint directory or model.ckpt-N prefix, SavedModel or TF-Hub module directory")
-    p.add_argument("--out", required=True, help="directory for OUT/pretrain and (with a supervised head) OUT/classifier")
+    p.add_argument("--out", required=True, help="writes OUT/pretrain and, with a supervised head, OUT/classifier")
     p.add_argument("--arch", help="expected architecture, e.g. r50_1x_sk1 (default: inferred from the tensors)")
     p.add_argument("--ema", action="store_true", help="take the ema_model/ copy of the weights")
     p.add_argument("--head-input", choices=HEAD_INPUTS, default="auto",

@@ -85,9 +85,6 @@ def find_prefix(src: str | Path) -> Path:
     if Path(f"{src}.index").is_file():
         return src
     if src.is_dir():
-        for sub in (src / "variables", src / "saved_model" / "variables", src / "hub" / "variables"):
-            if (sub / "variables.index").is_file():
-                return sub / "variables"
         state = src / "checkpoint"
         if state.is_file():
             m = re.search(r'^model_checkpoint_path:\s*"(.*)"', state.read_text(errors="replace"), re.M)
@@ -105,6 +102,10 @@ def find_prefix(src: str | Path) -> Path:
         indexes = sorted(src.glob("*.index"))
         if len(indexes) == 1:
             return Path(str(indexes[0])[:-len(".index")])
+        # A SavedModel or TF-Hub module (the TF1 checkpoint beside them is preferred: it has the EMA copy).
+        for sub in (src / "variables", src / "saved_model" / "variables", src / "hub" / "variables"):
+            if (sub / "variables.index").is_file():
+                return sub / "variables"
     if not src.exists():
         raise TFImportError(f"{src} does not exist")
     raise TFImportError(f"no TensorFlow checkpoint in {src} (looked for a 'checkpoint' file, model.ckpt-N.index, "
@@ -379,9 +380,9 @@ def import_tf(src: str | Path, arch: str | None = None, ema: bool = False, head_
         num_layers += 1
     dims = [features] + [shapes[f"head_contrastive/nl_{i}/dense/kernel"][1] for i in range(num_layers)]
     for i in range(num_layers):
-        if shapes[f"head_contrastive/nl_{i}/dense/kernel"][0] != dims[i]:
-            raise TFImportError(f"head_contrastive/nl_{i}/dense/kernel is {list(shapes[f'head_contrastive/nl_{i}/dense/kernel'])}, "
-                                f"its input should be {dims[i]} wide")
+        kernel = f"head_contrastive/nl_{i}/dense/kernel"
+        if shapes[kernel][0] != dims[i]:
+            raise TFImportError(f"{kernel} is {list(shapes[kernel])}, its input should be {dims[i]} wide")
     head_dim = dims[1] if num_layers > 1 else None
     proj_dim = dims[-1] if num_layers else 128
     base = preset("cifar10" if official.cifar_stem else "imagenet")
