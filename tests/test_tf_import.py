@@ -9,7 +9,6 @@ epsilon 1e-5, selective kernels as in the official tf2/resnet.py) and reads the 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np

@@ -19,7 +19,7 @@ Outputs, both ordinary checkpoints of ours:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -246,7 +246,6 @@ class Imported:
     classifier: tuple[nn.Module, dict[str, Any]] | None = None
     skipped: int = 0
     used: int = 0
-    notes: list[str] = field(default_factory=list)
 
 
 def _skipped(name: str) -> bool:
