@@ -18,6 +18,7 @@ from simclrv2.config import Config, ConfigError, from_dict, load_yaml, merge, pa
 from simclrv2.data.datasets import DATASETS, DataError
 from simclrv2.errors import UserError
 from simclrv2.inference import InferenceError, commands as inference_commands
+from simclrv2.official.tf_import import HEAD_INPUTS
 from simclrv2.train.loop import Interrupted
 
 # The user's to fix: one line and exit code 2. UserError is the base class to subclass; the others
@@ -93,6 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student-width", type=float, help="student width multiplier")
     _common(p, out_default="runs/pipeline")
     inference_commands.add_parsers(sub)  # embed, predict, export
+
+    p = sub.add_parser("import-tf", help="convert an official SimCLRv2 TensorFlow checkpoint into ours")
+    p.add_argument("src", help="TF1 checkpoint directory or model.ckpt-N prefix, SavedModel or TF-Hub module directory")
+    p.add_argument("--out", required=True, help="writes OUT/pretrain and, with a supervised head, OUT/classifier")
+    p.add_argument("--arch", help="expected architecture, e.g. r50_1x_sk1 (default: inferred from the tensors)")
+    p.add_argument("--ema", action="store_true", help="take the ema_model/ copy of the weights")
+    p.add_argument("--head-input", choices=HEAD_INPUTS, default="auto",
+                   help="what the supervised head reads: encoder output or projection-head layer nl_K output "
+                        "(auto: nl_0 for finetuned_1pct/10pct paths, else the encoder)")
     return parser
 
 
@@ -232,6 +242,14 @@ def main(argv: list[str] | None = None) -> int:
             _print_record("final", result["final"])
         elif args.command == "evaluate":
             cmd_evaluate(args)
+        elif args.command == "import-tf":
+            from simclrv2.official import tf_import
+
+            result = tf_import.import_tf(args.src, args.arch, args.ema, args.head_input)
+            stems = tf_import.write(result, args.out)
+            print(f"{result.arch.name} from {result.prefix}: {result.used} tensors imported, {result.skipped} skipped")
+            for stem in stems:
+                print(f"checkpoint: {stem}")
         elif args.command == "pipeline":
             from simclrv2 import pipeline
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,8 @@ def from_file(names: list[str], path: str | Path) -> Tensor:
     """Indices of the images whose file names are listed in ``path`` (one per line).
 
     A line matches an image by its base name (``n01440764_10026.JPEG`` as in the ImageNet subset
-    files published with SimCLR) or by its path relative to the dataset root.
+    files published with SimCLR) or by its path relative to the dataset root. Listed names absent
+    from the dataset are reported (a warning with their count), not an error, unless none is found.
     """
     path = Path(path)
     if not path.is_file():
@@ -62,10 +64,13 @@ def from_file(names: list[str], path: str | Path) -> Tensor:
         index.setdefault(name, i)
         index.setdefault(Path(name).name, i)
     missing = [w for w in wanted if w not in index]
-    if missing:
-        raise DataError(f"{len(missing)} of {len(wanted)} names in {path} are not in the dataset, "
-                        f"e.g. {', '.join(missing[:5])}")
-    return torch.tensor(sorted({index[w] for w in wanted}), dtype=torch.long)
+    if len(missing) == len(wanted):
+        raise DataError(f"none of the {len(wanted)} names in {path} is in the dataset, e.g. {', '.join(missing[:5])}")
+    if missing:  # e.g. the official ImageNet 1% list on a folder holding some of the classes
+        logging.getLogger(__name__).warning(
+            "%d of %d names in %s are not in the dataset (e.g. %s); using the %d found",
+            len(missing), len(wanted), path, ", ".join(missing[:3]), len(wanted) - len(missing))
+    return torch.tensor(sorted({index[w] for w in wanted if w in index}), dtype=torch.long)
 
 
 def check_covers_classes(labels: Tensor, chosen: Tensor, classes: list[str]) -> None:
