@@ -10,7 +10,8 @@ from simclrv2.losses import distill_loss, nt_xent
 
 
 def naive_nt_xent(za, zb, t, all_a=None, all_b=None, offset=0, queue=None):
-    """SimCLR's l(i, j) = -log exp(s_ij/t) / sum_{k != i} exp(s_ik/t), averaged over the 2n local anchors."""
+    """SimCLR's l(i, j) = -log exp(s_ij/t) / sum_{k != i} exp(s_ik/t), summed over both views of each of
+    the n local images and averaged over the images (the official objective adds the two directions)."""
     a, b = F.normalize(za, dim=1), F.normalize(zb, dim=1)
     A = a if all_a is None else F.normalize(all_a, dim=1)
     B = b if all_b is None else F.normalize(all_b, dim=1)
@@ -30,7 +31,7 @@ def naive_nt_xent(za, zb, t, all_a=None, all_b=None, offset=0, queue=None):
             for q in extra:
                 denom = denom + torch.exp(anchor @ q / t)
             total = total - torch.log(torch.exp(anchor @ cands[pos_idx] / t) / denom)
-    return total / (2 * view.shape[0])
+    return total / view.shape[0]
 
 
 @pytest.mark.parametrize("t", [0.1, 0.5, 1.0])
