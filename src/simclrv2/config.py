@@ -138,6 +138,26 @@ class SupervisedConfig(OptimConfig):
 
 
 @dataclass
+class EvalConfig(OptimConfig):
+    """Linear evaluation of a frozen pretrained encoder (``evaluate``, the pipeline's ``linear`` rows).
+
+    ``linear=fast``: L-BFGS logistic regression on features of the un-augmented images (seconds).
+    ``linear=paper``: the SimCLR papers' protocol, a linear layer trained on crop + flip views with
+    the optimizer below; defaults as google-research/simclr's README for ImageNet (Nesterov momentum,
+    lr 0.1 x B/256, B=4096, 90 epochs, no warmup, weight decay 1e-6).
+    """
+
+    linear: str = "fast"  # fast | paper
+    epochs: int = 90
+    batch_size: int = 4096
+    lr: float = 0.1
+    lr_scaling: str = "linear"
+    warmup_epochs: float = 0.0
+    weight_decay: float = 1e-6
+    optimizer: str = "sgd"
+
+
+@dataclass
 class Config:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -155,6 +175,7 @@ class Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     supervised: SupervisedConfig = field(default_factory=SupervisedConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -188,7 +209,8 @@ class Config:
             _check(self.labels_per_class >= 1, "labels_per_class must be >= 1")
         for f in self.label_fractions:
             _check(0 < f <= 1, f"label_fractions: {f} is not in (0, 1]")
-        for name in ("pretrain", "finetune", "distill", "supervised"):
+        _check(self.eval.linear in ("fast", "paper"), f"eval.linear must be fast or paper (got {self.eval.linear!r})")
+        for name in ("pretrain", "finetune", "distill", "supervised", "eval"):
             s: OptimConfig = getattr(self, name)
             _check(s.epochs >= 0, f"{name}.epochs must be >= 0")
             _check(s.batch_size >= 1, f"{name}.batch_size must be >= 1 (got {s.batch_size})")
@@ -254,6 +276,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                     "warmup_epochs": 5, "weight_decay": 1e-4, "temperature": 1.0, "alpha": 1.0},
         "supervised": {"epochs": 60, "batch_size": 256, "lr": 0.1, "lr_scaling": "linear",
                        "optimizer": "sgd", "weight_decay": 5e-4},
+        # the README's CIFAR-10 linear head (google-research/simclr issue #5)
+        "eval": {"epochs": 100, "batch_size": 512, "lr": 0.1, "lr_scaling": "linear", "weight_decay": 0.0},
     },
     "digits": {
         "labels": 0.1,
@@ -270,6 +294,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                     "warmup_epochs": 3, "weight_decay": 1e-4, "temperature": 1.0, "alpha": 1.0},
         "supervised": {"epochs": 100, "batch_size": 32, "lr": 0.4, "lr_scaling": "linear",
                        "optimizer": "sgd", "weight_decay": 5e-4},
+        "eval": {"epochs": 90, "batch_size": 256, "lr": 0.1, "lr_scaling": "linear", "weight_decay": 0.0},
     },
 }
 

@@ -246,7 +246,7 @@ class RunDirError(ValueError):
 
 IGNORED_FOR_RESUME = ("device", "workers")
 READING_KEYS = ("on_device", "stream", "memory_gb", "decode")  # where images are read from, not what is computed
-STAGE_SECTIONS = ("pretrain", "finetune", "distill", "supervised")
+STAGE_SECTIONS = ("pretrain", "finetune", "distill", "supervised", "eval")
 LABEL_KEYS = ("labels", "labels_per_class", "labels_file", "label_fractions")
 
 
