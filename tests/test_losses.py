@@ -10,7 +10,8 @@ from simclrv2.losses import distill_loss, nt_xent
 
 
 def naive_nt_xent(za, zb, t, all_a=None, all_b=None, offset=0, queue=None):
-    """SimCLR's l(i, j) = -log exp(s_ij/t) / sum_{k != i} exp(s_ik/t), averaged over the 2n local anchors."""
+    """SimCLR's l(i, j) = -log exp(s_ij/t) / sum_{k != i} exp(s_ik/t), summed over both views of each of
+    the n local images and averaged over the images (the official objective adds the two directions)."""
     a, b = F.normalize(za, dim=1), F.normalize(zb, dim=1)
     A = a if all_a is None else F.normalize(all_a, dim=1)
     B = b if all_b is None else F.normalize(all_b, dim=1)
@@ -30,7 +31,7 @@ def naive_nt_xent(za, zb, t, all_a=None, all_b=None, offset=0, queue=None):
             for q in extra:
                 denom = denom + torch.exp(anchor @ q / t)
             total = total - torch.log(torch.exp(anchor @ cands[pos_idx] / t) / denom)
-    return total / (2 * view.shape[0])
+    return total / view.shape[0]
 
 
 @pytest.mark.parametrize("t", [0.1, 0.5, 1.0])
@@ -94,7 +95,7 @@ def naive_distill(s, t, tau, alpha, labels):
     for i in labeled:
         hard = hard - torch.log(torch.exp(s[i, labels[i]]) / torch.exp(s[i]).sum())
     hard = hard / len(labeled) if labeled else 0.0
-    return alpha * soft / n + (1 - alpha) * hard
+    return alpha * tau**2 * soft / n + (1 - alpha) * hard
 
 
 @pytest.mark.parametrize("tau,alpha", [(1.0, 1.0), (2.0, 0.7), (0.5, 0.0)])
@@ -115,12 +116,26 @@ def test_distill_gradient_vanishes_when_student_matches_teacher():
     loss = distill_loss(s, t, temperature=2.0, alpha=1.0)
     (grad,) = torch.autograd.grad(loss, s)
     assert grad.abs().max().item() < 1e-12
-    # and the loss is then the teacher's entropy
+    # and the loss is then the teacher's entropy, times tau^2
     p = F.softmax(t / 2.0, 1)
-    assert loss.item() == pytest.approx(-(p * p.log()).sum(1).mean().item())
+    assert loss.item() == pytest.approx(4.0 * -(p * p.log()).sum(1).mean().item())
     s2 = (t + torch.randn_like(t)).requires_grad_()
     (grad2,) = torch.autograd.grad(distill_loss(s2, t, 2.0, 1.0), s2)
     assert grad2.abs().max().item() > 1e-3
+
+
+def test_distill_gradient_scale_does_not_depend_much_on_temperature():
+    """Hinton et al.'s reason for tau^2: at high tau the soft term's gradient tends to
+    (z_s - z_t) / (C * n) (zero-mean logits), whatever tau; without the factor it would shrink as 1/tau^2."""
+    g = torch.Generator().manual_seed(4)
+    t = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    t = t - t.mean(1, keepdim=True)
+    s = (t + 0.3 * torch.randn(6, 5, generator=g, dtype=torch.float64))
+    s = (s - s.mean(1, keepdim=True)).requires_grad_()
+    limit = (s.detach() - t) / (5 * 6)
+    for tau in (200.0, 2000.0):
+        (grad,) = torch.autograd.grad(distill_loss(s, t, tau, 1.0), s)
+        torch.testing.assert_close(grad, limit, rtol=0, atol=1e-2 * limit.abs().max().item())
 
 
 def test_distill_teacher_gets_no_gradient():

@@ -21,6 +21,8 @@ def test_pipeline_writes_results_and_report(tmp_path, capsys):
     assert [r["stage"] for r in rows[:5]] == ["supervised", "knn", "linear", "finetune", "distill"]
     report = (out / "report.md").read_text()
     assert "| labels | labeled images | stage |" in report and "| distill |" in printed
+    assert "| linear (fast) |" in printed and results["linear_protocol"].startswith("fast probe")
+    assert f"`linear` is the {results['linear_protocol']}" in report
     for png in ("training_curves.png", "accuracy_vs_labels.png", "tsne.png", "confusion_matrix.png"):
         assert (out / png).is_file() and png in report
     # the same command again resumes every finished stage instead of retraining

@@ -9,6 +9,7 @@ from simclrv2 import checkpoint
 from simclrv2.config import build_config
 from simclrv2.data.datasets import load
 from simclrv2.train import classifier, distill, pretrain
+from simclrv2.train.memory import capped_size
 
 TINY = ["image_size=8", "model=resnet18", "width=0.125", "head_layers=2", "knn_every=1", "knn_k=20",
         "pretrain.epochs=2", "pretrain.batch_size=256", "finetune.epochs=2", "distill.epochs=1",
@@ -90,6 +91,39 @@ def test_pretrain_with_memory_buffer(tiny, tmp_path):
     assert int(queue["filled"]) == min(300, steps * 2 * 256)  # both views of every step were enqueued
     assert queue["keys"].shape[0] == 300 and queue["keys"].abs().sum() > 0
     assert torch.isfinite(torch.tensor(result["history"][-1]["loss"]))
+
+
+def test_memory_buffer_larger_than_the_data_is_capped(tiny, tmp_path, caplog):
+    cfg, splits = tiny
+    cfg = build_config("digits", overrides=TINY + ["memory_size=1000000", "pretrain.epochs=1"])
+    with caplog.at_level("WARNING"):
+        pretrain.run(cfg, tmp_path, splits, show_progress=False)
+    n = len(splits.train)
+    queue = checkpoint.load_train_state(tmp_path / "last")["stateful"]["queue"]
+    assert queue["keys"].shape[0] == 2 * (n - 256)  # both views of the training set minus one batch
+    assert "pretrain.memory_size=1000000" in caplog.text and f"capped at {2 * (n - 256)}" in caplog.text
+
+
+def test_memory_capacity_rule(caplog):
+    with caplog.at_level("WARNING"):
+        assert capped_size(300, images=1000, batch=256) == 300
+        assert capped_size(1488, images=1000, batch=256) == 1488
+    assert caplog.text == ""
+    with caplog.at_level("WARNING"):
+        assert capped_size(1489, images=1000, batch=256) == 1488
+        assert capped_size(64, images=256, batch=256) == 0
+    assert "capped at 1488" in caplog.text and "memory buffer off" in caplog.text
+
+
+def test_finetune_epochs_follow_the_label_fraction(pretrained, tiny, tmp_path):
+    _, splits = tiny
+    table = TINY + ["finetune.epochs_by_labels=0.1:1,0.5:3"]
+    ft = classifier.run_finetune(build_config("digits", overrides=table + ["labels=0.1"]), tmp_path / "a",
+                                 pretrained[0] / "last", splits, show_progress=False)
+    assert len(ft["history"]) == 1
+    ft = classifier.run_finetune(build_config("digits", overrides=table + ["labels_per_class=2"]), tmp_path / "b",
+                                 pretrained[0] / "last", splits, show_progress=False)
+    assert len(ft["history"]) == 2  # no fraction given: finetune.epochs
 
 
 def test_distill_labeled_term_chooses_and_records_its_subset(pretrained, tiny, tmp_path):

@@ -167,7 +167,8 @@ def _print_record(title: str, values: dict[str, Any]) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from simclrv2.data import datasets
-    from simclrv2.eval import knn_predict, linear_eval
+    from simclrv2.eval import knn_predict
+    from simclrv2.eval.linear import describe, linear_probe
     from simclrv2.models.networks import build_network
     from simclrv2.train.common import evaluate_classifier, infer, resolve_device, topk_accuracy
 
@@ -189,10 +190,13 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         scores = knn_predict(train_feats, splits.train.labels, val_feats, len(splits.classes),
                              cfg.pretrain.knn_k, cfg.pretrain.knn_temperature)
         results["knn"] = topk_accuracy(scores, splits.val.labels)
-        results["linear"] = topk_accuracy(linear_eval(train_feats, splits.train.labels, val_feats), splits.val.labels)
+        scores = linear_probe(cfg, encoder.forward_features, splits.train.images, splits.train.labels, train_feats,
+                              val_feats, len(splits.classes), device)
+        results["linear"] = {**topk_accuracy(scores, splits.val.labels), "protocol": cfg.eval.linear}
+        results["linear_protocol"] = describe(cfg.eval)
     for key in ("classifier", "knn", "linear"):
         if key in results:
-            _print_record(key, results[key])
+            _print_record(f"linear ({results['linear_protocol']})" if key == "linear" else key, results[key])
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

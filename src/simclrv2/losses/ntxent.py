@@ -16,12 +16,18 @@ def nt_xent(
     offset: int = 0,
     queue: Tensor | None = None,
 ) -> Tensor:
-    """Mean NT-Xent loss of the 2n local anchors ``z_a[i]``, ``z_b[i]`` (two views of image i).
+    """NT-Xent of the n local images: the loss of anchor ``z_a[i]`` plus that of ``z_b[i]`` (two views of
+    image i), averaged over the images.
 
     Each anchor's positive is the other view of its image; its negatives are every other view in
     the candidate set: ``all_a``/``all_b`` (the global batch of N >= n images, gathered from all
     devices, whose rows ``offset .. offset+n`` are this device's ``z_a``/``z_b``), plus the rows of
     ``queue`` (a memory buffer of extra negatives, no gradient). Embeddings are L2-normalized here.
+
+    The two directions are summed, not averaged, as in the official objective
+    (google-research/simclr ``tf2/objective.py``: ``reduce_mean(loss_a + loss_b)``), so the published
+    learning rates apply: LARS normalizes the step of the adapted weights, but BatchNorm parameters and
+    biases (excluded from LARS) step with the gradient's scale.
     """
     if z_a.shape != z_b.shape:
         raise ValueError(f"views differ in shape: {tuple(z_a.shape)} vs {tuple(z_b.shape)}")
@@ -44,7 +50,7 @@ def nt_xent(
         parts_b.append(b @ q.T / temperature)
     loss_a = F.cross_entropy(torch.cat(parts_a, dim=1), target)
     loss_b = F.cross_entropy(torch.cat(parts_b, dim=1), target)
-    return (loss_a + loss_b) / 2
+    return loss_a + loss_b
 
 
 def _upcast(x: Tensor) -> Tensor:

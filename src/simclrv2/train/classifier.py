@@ -108,6 +108,8 @@ def run_finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path, split
     arch = dict(source_meta["arch"])
     for key in ("model", "width", "sk_ratio", "cifar_stem", "head_layers", "head_dim", "proj_dim"):
         setattr(cfg.model, key, arch[key])  # the checkpoint decides the architecture
+    if cfg.labels_file is None and cfg.labels_per_class is None:
+        cfg.finetune.epochs = cfg.finetune.epochs_for(cfg.labels)  # per label fraction, as the paper
     cfg.validate()
     run_dir, rt, splits = _setup(cfg, out_dir, splits, overwrite, resume, "finetune")
     labeled, chosen = labeled_subset(cfg, splits)

@@ -4,9 +4,28 @@ used as extra negatives (as in MoCo)."""
 from __future__ import annotations
 
 import copy
+import logging
 
 import torch
 from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+
+def capped_size(requested: int, images: int, batch: int, keys_per_image: int = 2) -> int:
+    """The buffer size to use: at most the keys of ``images - batch`` images.
+
+    A step enqueues ``keys_per_image`` keys per image of its batch (both views). A buffer holding more
+    than the training set minus one batch spans more than an epoch, so it holds keys of the very
+    images being contrasted, as their own negatives; it is capped there, with a warning.
+    """
+    cap = keys_per_image * max(images - batch, 0)
+    if requested <= cap:
+        return requested
+    log.warning("pretrain.memory_size=%d is more than the %d keys of the training set minus one batch "
+                "(%d - %d images, %d keys each): capped at %d%s", requested, cap, images, batch,
+                keys_per_image, cap, " (memory buffer off)" if cap == 0 else "")
+    return cap
 
 
 class MemoryQueue(nn.Module):

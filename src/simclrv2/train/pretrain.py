@@ -17,7 +17,7 @@ from simclrv2.losses import nt_xent
 from simclrv2.models.networks import SimCLRModel, arch_of, build_pretrain_model
 from simclrv2 import distributed
 from simclrv2.train.common import autocast, count_params, infer, make_stepper, start, steps_per_epoch, topk_accuracy
-from simclrv2.train.memory import MemoryQueue, MovingAverage
+from simclrv2.train.memory import MemoryQueue, MovingAverage, capped_size
 from simclrv2.train.loop import Stage, fit
 from simclrv2.train.rundir import open_run
 
@@ -62,9 +62,10 @@ def run(cfg: Config, out_dir: str | Path, splits: datasets.Splits | None = None,
     stepper = make_stepper(model, s, steps_per_epoch(n, batch, True), batch, rt.device)
     views = ViewMaker.for_pretraining(cfg, rt.device, seed=rt.rank_seed(1))
     stateful: dict[str, Any] = {}
-    if s.memory_size > 0:
+    memory_size = capped_size(s.memory_size, n, batch) if s.memory_size > 0 else 0
+    if memory_size > 0:
         ema = MovingAverage(net, s.memory_momentum).to(rt.device)
-        queue = MemoryQueue(s.memory_size, net.head.out_dim).to(rt.device)
+        queue = MemoryQueue(memory_size, net.head.out_dim).to(rt.device)
         stateful = {"ema": ema, "queue": queue}
     meta = {"stage": "pretrain", "kind": "pretrain", "arch": arch_of(cfg.model), "config": cfg.to_dict(),
             "classes": splits.classes, "image_size": cfg.data.image_size, "params": count_params(net)}
