@@ -12,6 +12,7 @@ decoded batch by batch while training (:mod:`simclrv2.data.feed`).
 from __future__ import annotations
 
 import logging
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from torch import Tensor
 
 from simclrv2.config import DataConfig
 from simclrv2.data.errors import DataError
-from simclrv2.data.files import FileImages, UnreadableImage, cap_size, decode_file, eval_crop, fit_square, image_size_of
+from simclrv2.data.files import FileImages, UnreadableImage, cap_size, capped_shape, decode_file, eval_crop, fit_square, image_size_of
 from simclrv2.data.ragged import RaggedImages
 
 log = logging.getLogger(__name__)
@@ -290,7 +291,7 @@ def kept_bytes(cfg: DataConfig, files: list[Path], sample: int = 256) -> int:
     sizes = [hw for hw in map(image_size_of, picked) if hw is not None]
     if not sizes:
         return len(files) * 3 * cap ** 2
-    per_image = [3 * h * w * min(1.0, cap / min(h, w)) ** 2 for h, w in sizes]
+    per_image = [3 * math.prod(capped_shape(h, w, cap)) for h, w in sizes]
     return int(len(files) * sum(per_image) / len(per_image))
 
 

@@ -52,15 +52,20 @@ def cap_size(image_size: int, min_scale: float = 0.08) -> int:
     return int(math.ceil(image_size / math.sqrt(min_scale)))
 
 
+def capped_shape(height: int, width: int, cap: int) -> tuple[int, int]:
+    """``(h, w)`` of an image once its short side is at most ``cap`` (aspect ratio kept)."""
+    if min(height, width) <= cap:
+        return height, width
+    scale = cap / min(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
 def fit_short_side(image: Tensor, cap: int) -> Tensor:
     """uint8 ``[3, H, W]`` downscaled (antialiased bilinear) so its short side is at most ``cap``."""
     from torchvision.transforms.v2 import functional as TF
 
-    h, w = image.shape[-2:]
-    if min(h, w) <= cap:
-        return image
-    scale = cap / min(h, w)
-    return TF.resize(image, [max(1, round(h * scale)), max(1, round(w * scale))], antialias=True).contiguous()
+    shape = capped_shape(*image.shape[-2:], cap)
+    return image if shape == tuple(image.shape[-2:]) else TF.resize(image, list(shape), antialias=True).contiguous()
 
 
 def fit_square(image: Tensor, size: int) -> Tensor:
