@@ -266,7 +266,7 @@ def _warn_odd_sizes(images: Tensor | RaggedImages, size: int, root: Path) -> Non
                     small, root, size)
     thin = int((long > 4 * short).sum())
     if thin:
-        log.warning("%d image(s) under %s are more than 4 times longer than wide: training crops reach their "
+        log.warning("%d image(s) under %s have an aspect ratio beyond 4:1: training crops reach their "
                     "ends, evaluation sees their central square", thin, root)
 
 
