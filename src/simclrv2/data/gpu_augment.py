@@ -2,12 +2,14 @@
 
 Every function takes a batch ``[N, 3, H, W]`` (uint8 or float in [0, 1]) and returns float32 in
 [0, 1]. Randomness comes from an explicit ``torch.Generator`` on the batch's device, so a run is
-reproducible; there is no Python loop over images and no host-device synchronisation.
+reproducible; there is no Python loop over images and no host-device synchronisation, except for
+photos of different sizes: one copy of each crop into a padded batch, after one read of the boxes.
 
 The semantics are torchvision's (``transforms.v2``) applied image by image, so that
 :mod:`simclrv2.data.augment` is the per-image reference:
 
-* crop: ``RandomResizedCrop`` box sampling (10 tries, then the central crop), crop then
+* crop: ``RandomResizedCrop`` box sampling (10 tries, then the central crop) on each image's own
+  size (photos of different sizes come as :class:`~simclrv2.data.ragged.RaggedImages`), crop then
   bilinear resize (antialiased when shrinking) and the horizontal flip, all in one resampling op
   with per-image coordinates: ``grid_sample`` when every crop is enlarged, else two batched
   matrix products ``Wy @ img @ Wx^T`` with the weights of ``F.interpolate(..., antialias=True)``;
