@@ -3,10 +3,15 @@
 # CIFAR-10 GPU recipe, logs and JSON written to OUTDIR.
 #
 #   cp ../shared/data/cifar10-train-jpeg.tar.gz .data/    # .data/ is git-ignored; carry it
+#   cp ../shared/data/imagenette2-160-train.tar.gz .data/ # optional: the Imagenette rows (steps 4-5)
 #   bash benchmarks/gpu_session.sh OUTDIR [CIFAR_SECONDS]
 #
+# Imagenette (steps 4-5, only when its archive is in .data/): IMAGENETTE_SECONDS (default 300) for
+# the 128-px semi-supervised run, IMAGENETTE_EPOCHS (default 100) pretraining epochs, and a
+# throughput run on the photos (crops from the whole image: streamed + on-device vs PIL in workers).
+#
 # Each step has its own time limit, so a slow step cannot eat the next one's time; the CIFAR run's
-# per-epoch metrics are copied out even when its limit stops it. OUTDIR gets at most 7 files.
+# per-epoch metrics are copied out even when its limit stops it. OUTDIR gets at most 11 files.
 set -uo pipefail
 out=${1:?usage: gpu_session.sh OUTDIR [CIFAR_SECONDS]}
 cifar_seconds=${2:-420}
@@ -40,4 +45,19 @@ tr '\r' '\n' <"$run/cifar10-gpu.stderr" | grep -v '^\s*$' | tail -n 40 >>"$out/c
 find "$run/cifar10-gpu" -name metrics.jsonl | sort | while read -r f; do
   sed "s|^|${f#"$run"/cifar10-gpu/} |" "$f"
 done >"$out/cifar10-gpu-metrics.txt"
+# 4-5. Imagenette: photo throughput, then the GPU scale (128-px views, ResNet-18, batch 256)
+nette_archive=.data/imagenette2-160-train.tar.gz
+if [ -f "$nette_archive" ]; then
+  nette_seconds=${IMAGENETTE_SECONDS:-300}
+  nette_epochs=${IMAGENETTE_EPOCHS:-100}
+  mkdir -p "$run/nette" && tar -xzf "$nette_archive" -C "$run/nette"
+  nette=$(dirname "$(find "$run/nette" -type d -name train | head -1)")
+  timeout "$throughput_seconds" $python benchmarks/throughput.py --device "$device" --compile --workers 16 \
+    --batch-size 256 --image-size 128 --strength 1.0 --data "$nette/train" --num-images 9469 --steps 30 --warmup 5 \
+    --json "$out/throughput-imagenette-gpu.json" 2>&1 | tee "$out/throughput-imagenette-gpu.log"
+  timeout "$nette_seconds" $python benchmarks/semisup.py --dataset imagenette --data "$nette" --scale gpu \
+    --out "$run/imagenette-gpu" --json "$out/imagenette-gpu.json" device="$device" pretrain.epochs="$nette_epochs" \
+    2>"$run/imagenette-gpu.stderr" | tee "$out/imagenette-gpu.log"
+  tr '\r' '\n' <"$run/imagenette-gpu.stderr" | grep -v '^\s*$' | tail -n 40 >>"$out/imagenette-gpu.log"
+fi
 ls -la "$out"

@@ -9,15 +9,22 @@ prefetch has drained) of SimCLR pretraining steps (two views, NT-Xent, LARS) fed
 
 and the augmentation alone (two views per image, no model), ours vs conventional with the same CPU
 budget (``--workers`` worker processes vs as many torch threads). With ``--data FOLDER`` it also
-times the streaming path for folders too large for memory, decoding included on both sides:
+times the streaming path for folders too large for memory, decoding included on both sides, with
+random resized crops drawn on the whole photo on both sides:
 
   stream                  training fed by workers that only read + decode files, augmented on the device
   aug_stream              the same without the model
-  aug_conventional_files  PIL open + per-image transforms in the workers (torchvision ImageFolder style)
+  aug_conventional_files  PIL open + RandomResizedCrop and the rest per image in the workers
+                          (torchvision ImageFolder style)
+
+A folder of photos (e.g. Imagenette) is kept decoded at each photo's own size for ``ours`` and
+``conventional`` too (crops from the whole image on both).
 
 ``--json FILE`` writes the figures.
 
     python benchmarks/throughput.py --device cpu --steps 10            # a quick CPU run
+    python benchmarks/throughput.py --device cpu --data .data/imagenette2-160 --image-size 64 \
+        --width 0.25 --batch-size 128 --strength 1 --num-images 2000 --steps 5   # photos
     python benchmarks/throughput.py --device cuda --compile --workers 16 --json gpu.json
 """
 
@@ -59,10 +66,14 @@ class PILFiles(Dataset):
 
 
 class PILImages(Dataset):
-    """Decoded images as PIL, transformed per image in the workers (decode excluded on both paths)."""
+    """Decoded images as PIL, transformed per image in the workers (decode excluded on both paths);
+    photos of different sizes (a folder's RaggedImages) keep their own sizes."""
 
-    def __init__(self, images: torch.Tensor, transform) -> None:
-        self.arrays = images.permute(0, 2, 3, 1).numpy()
+    def __init__(self, images, transform) -> None:
+        if isinstance(images, torch.Tensor):
+            self.arrays = images.permute(0, 2, 3, 1).numpy()
+        else:
+            self.arrays = [images.image(i).permute(1, 2, 0).numpy() for i in range(len(images))]
         self.transform = transform
 
     def __len__(self) -> int:
@@ -74,12 +85,14 @@ class PILImages(Dataset):
         return self.transform(Image.fromarray(self.arrays[i]))
 
 
-def load_images(args) -> torch.Tensor:
+def load_images(args):
+    """A uint8 batch tensor, or (a folder of photos) RaggedImages kept at their own sizes."""
     if args.data:
         from simclrv2.config import DataConfig
         from simclrv2.data.datasets import load
 
-        splits = load(DataConfig(dataset="folder", path=args.data, image_size=args.image_size), workers=4)
+        splits = load(DataConfig(dataset="folder", path=args.data, image_size=args.image_size, stream="off"),
+                      workers=4)
         images = splits.pretrain_images()
     else:  # synthetic: smooth random colour fields, so colour ops and crops do real work
         g = torch.Generator().manual_seed(0)

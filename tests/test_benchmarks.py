@@ -25,6 +25,47 @@ def test_cifar_scales_are_valid_configs(scale, tmp_path):
     assert cifar.config_for(scale, str(tmp_path), False, False, [], model="resnet50").model.model == "resnet50"
 
 
+@pytest.mark.parametrize("scale", ["cpu", "gpu"])
+def test_imagenette_scales_are_valid_configs(scale, tmp_path):
+    semisup = _module("semisup")
+    cfg = semisup.config_for(scale, str(tmp_path), False, False, [], dataset="imagenette")
+    assert cfg.data.dataset == "folder" and cfg.data.crop == "full" and not cfg.model.cifar_stem
+    assert cfg.data.image_size == {"cpu": 64, "gpu": 128}[scale] and cfg.label_fractions == [0.01, 0.1]
+    if scale == "gpu":
+        assert cfg.model.width == 1.0 and cfg.pretrain.batch_size == 256
+    old = semisup.config_for(scale, str(tmp_path), False, False, ["pretrain.epochs=1"], dataset="imagenette",
+                             crop="square")
+    assert old.data.crop == "square" and old.pretrain.epochs == 1
+
+
+def test_semisup_runs_end_to_end_on_photos(tmp_path, monkeypatch):
+    """The Imagenette benchmark's command line on a tiny folder of photos of different sizes."""
+    import json
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "nette" / "train"
+    for c in ("n1", "n2"):
+        (root / c).mkdir(parents=True)
+        for i in range(10):
+            h, w = [(20, 30), (30, 18), (24, 24)][i % 3]
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / c / f"{i}.jpg")
+    semisup = _module("semisup")
+    out = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", ["semisup.py", "--dataset", "imagenette", "--data", str(tmp_path / "nette"),
+                                      "--scale", "cpu", "--out", str(out), "image_size=16", "width=0.125",
+                                      "pretrain.epochs=1", "pretrain.batch_size=8", "finetune.epochs=1",
+                                      "supervised.epochs=1", "distill.epochs=1", "distill.batch_size=8",
+                                      "knn_every=1", "knn_k=3", "workers=0", "device=cpu", "val_fraction=0.2"])
+    semisup.main()
+    result = json.loads((out / "benchmark.json").read_text())
+    assert result["benchmark"]["dataset"] == "imagenette" and result["benchmark"]["crop"] == "full"
+    assert {r["stage"] for r in result["rows"]} >= {"finetune", "distill", "supervised"}
+
+
 def test_throughput_measures_every_path(image_folder):
     throughput = _module("throughput")
     args = argparse.Namespace(device="cpu", data=str(image_folder), num_images=24, image_size=16, model="resnet18",

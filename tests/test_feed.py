@@ -10,7 +10,8 @@ import torch
 from simclrv2.config import ConfigError, build_config
 from simclrv2.data import datasets
 from simclrv2.data.feed import BatchFeed, chunks
-from simclrv2.data.files import FileImages, UnreadableImage, decode_file
+from simclrv2.data.files import FileImages, UnreadableImage, decode_file, fit_square
+from simclrv2.data.ragged import RaggedImages
 from simclrv2.train import classifier, distill, pretrain
 
 TINY = ["image_size=12", "model=resnet18", "width=0.125", "head_layers=2", "knn_every=1", "knn_k=5",
@@ -19,15 +20,18 @@ TINY = ["image_size=12", "model=resnet18", "width=0.125", "head_layers=2", "knn_
         "val_fraction=0.2"]
 
 
-def _png_folder(root, size=12, per_class=10):
-    """PNG only: lossless, so both decoders must give the very same pixels."""
+def _png_folder(root, size=12, per_class=10, photos=False):
+    """PNG only: lossless, so both decoders must give the very same pixels. ``photos``: sizes and
+    aspect ratios vary (portrait, landscape, 1:3, smaller and larger than the views)."""
     from PIL import Image
 
     rng = np.random.default_rng(1)
+    shapes = [(12, 17), (20, 12), (9, 27), (30, 30), (14, 11)]
     for c in ("a", "b", "c"):
         (root / c).mkdir(parents=True)
         for i in range(per_class):
-            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / c / f"{i:03d}.png")
+            h, w = shapes[i % len(shapes)] if photos else (size, size)
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / c / f"{i:03d}.png")
     return root
 
 
@@ -83,7 +87,7 @@ def test_resized_files_match_pil(tmp_path):
         smooth = np.kron(rng.integers(0, 256, (h // 4 + 1, w // 4 + 1, 3)), np.ones((4, 4, 1)))[:h, :w]
         Image.fromarray(smooth.astype(np.uint8)).save(tmp_path / f"{i}.png")
         paths.append(tmp_path / f"{i}.png")
-    ours = torch.stack([decode_file(p, 16) for p in paths])
+    ours = torch.stack([fit_square(decode_file(p), 16) for p in paths])  # the data.crop=square copy
     pil = torch.stack([_pil_reference(p, 16) for p in paths])
     diff = (ours.float() - pil.float()).abs()
     assert diff.mean() < 0.1 and diff.max() <= 2  # a crop one pixel off would differ by ~38 on average
@@ -118,13 +122,21 @@ def test_device_decoding_matches_worker_decoding(image_folder):
     assert torch.equal(outputs[0], outputs[1])
 
 
-def test_cache_size_decodes_training_batches_larger(image_folder):
-    cfg = _config(image_folder, "data.stream=on", "data.cache_size=20")
+def test_cache_size_caps_the_short_side_of_training_images(tmp_path):
+    root = _png_folder(tmp_path / "png", photos=True)
+    cfg = _config(root, "data.stream=on", "data.cache_size=10")
     images = datasets.load(cfg.data).train.images
     assert images[:2].shape == (2, 3, 12, 12)  # evaluation size
     feed = BatchFeed(images, torch.device("cpu"), workers=0)
-    feed.plan([torch.tensor([0, 1])])
-    assert feed(torch.tensor([0, 1])).shape == (2, 3, 20, 20)  # cropped on the device later
+    feed.plan([torch.arange(5)])
+    batch = feed(torch.arange(5))
+    assert isinstance(batch, RaggedImages)  # cropped on the device later, each on its own size
+    h, w = batch.sizes.unbind(1)
+    assert (torch.minimum(h, w) <= 10).all() and (torch.minimum(h, w) == 10).any()
+    full = [decode_file(images.files[i]).shape[-2:] for i in range(5)]  # aspect ratios kept
+    assert all(abs(a[0] / a[1] - b[0] / b[1]) < 0.15 for a, b in zip(full, batch.sizes.tolist()))
+    memory = datasets.load(_config(root, "data.stream=off", "data.cache_size=10").data).train.images
+    assert torch.equal(memory.sizes[:5], batch.sizes) and torch.equal(memory[:5].data, batch.data)
 
 
 def test_unreadable_file_is_replaced_or_fatal_when_strict(image_folder, caplog):
@@ -142,7 +154,7 @@ def test_unreadable_file_is_replaced_or_fatal_when_strict(image_folder, caplog):
     feed.plan([torch.tensor([where])])
     with pytest.raises(UnreadableImage) as err:
         feed(torch.tensor([where]))
-    assert str(err.value) == f"unreadable image: {bad}"
+    assert str(err.value).startswith(f"{bad}: cannot decode")
 
 
 def test_bad_streaming_settings_are_named():
@@ -152,13 +164,17 @@ def test_bad_streaming_settings_are_named():
         build_config("digits", overrides=["data.decode=gpu"])
 
 
-def test_streamed_training_equals_decoded_training(tmp_path):
+@pytest.mark.parametrize("photos", [False, True], ids=["squares", "photos"])
+def test_streamed_training_equals_decoded_training(tmp_path, photos):
     """Same files, order and augmentation: pretraining, fine-tuning and distillation give the same
-    losses and accuracies whether the images were decoded once or are streamed by workers."""
-    root = _png_folder(tmp_path / "png")
+    losses and accuracies whether the images were decoded once or are streamed by workers -- also
+    for photos of different sizes and aspect ratios, cropped from the whole image."""
+    root = _png_folder(tmp_path / "png", photos=photos)
     runs = {}
     for mode in ("off", "on"):
         cfg = _config(root, f"data.stream={mode}")
+        if photos and mode == "off":
+            assert isinstance(datasets.load(cfg.data).train.images, RaggedImages)
         splits = datasets.load(cfg.data)
         out = tmp_path / mode
         pre = pretrain.run(cfg, out / "pre", splits, show_progress=False)

@@ -39,7 +39,10 @@ class DataConfig:
     stream: str = "auto"  # image folders: on = read from disk every epoch | off = decode once into memory |
     #                       auto = stream when decoded they would exceed memory_gb
     memory_gb: float = 0.0  # memory decoded images may take before auto streams (0: half the machine's RAM)
-    cache_size: int = 0  # streamed images are decoded at this size, then cropped on the device (0: image_size)
+    cache_size: int = 0  # folders: each photo is kept with its aspect ratio, short side at most this; training
+    #                      crops are cut from it (0: ceil(image_size / sqrt(0.08)), 792 px at image_size 224)
+    crop: str = "full"  # folders: training crops from the whole photo (full) | from its centre square (square)
+    max_pixels: int = 178_956_970  # larger images are refused (data.strict) or skipped: decompression bombs
     decode: str = "workers"  # streamed JPEGs: decoded in DataLoader workers | on the device (nvJPEG)
 
 
@@ -191,6 +194,8 @@ class Config:
         _check(self.data.decode in ("workers", "device"), f"data.decode must be workers or device (got {self.data.decode!r})")
         _check(self.data.memory_gb >= 0, "data.memory_gb must be >= 0")
         _check(self.data.cache_size >= 0, "data.cache_size must be >= 0")
+        _check(self.data.crop in ("full", "square"), f"data.crop must be full or square (got {self.data.crop!r})")
+        _check(self.data.max_pixels > 0, "data.max_pixels must be > 0")
         _check(self.workers >= 0, "workers must be >= 0")
         _check(0 <= self.seed < 2**63, f"seed must be in [0, 2**63) (got {self.seed})")
         _check(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None,

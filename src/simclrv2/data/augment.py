@@ -19,10 +19,11 @@ Where we follow torchvision rather than the official SimCLR code (google-researc
 * blur: kernel ``2 * (size // 10 // 2) + 1`` and sigma uniform in [0.1, 2.0] as the official code,
   but reflect padding (torchvision) rather than TF's zero padding. Off by default below 96 px
   (the official CIFAR-10 setting).
-* eval: the official central crop keeping 0.875 of the shorter side, resized bicubically -- but
-  only when the image is not already ``size`` x ``size``; images stored at the training size
-  (this package resizes once at load time; CIFAR at 32 px) are only converted to float, which is
-  what the official code does at <= 32 px.
+* eval: the official central crop keeping 0.875 of the shorter side, resized bicubically (with
+  antialiasing, which TF's ``tf.image.resize`` leaves off) -- but only when the image is not already
+  ``size`` x ``size``; images stored at the training size (CIFAR at 32 px) are only converted to
+  float, which is what the official code does at <= 32 px. Photos of other sizes get the crop from
+  :func:`simclrv2.data.files.eval_crop` on uint8 before they reach the model.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Datasets decoded once into uint8 tensors ``[N, 3, S, S]`` with integer labels.
+"""Datasets decoded once with integer labels: uint8 tensors ``[N, 3, S, S]`` (CIFAR, STL-10, digits),
+or, for image folders, each photo with its own aspect ratio (:class:`RaggedImages`, short side
+at most the cap ``data.cache_size``) so that training crops are cut from the whole image.
 
 Every loader returns a :class:`Splits`: the training images (labeled or not), the held-out
 validation images, and optionally extra unlabeled images (STL-10's unlabeled split, or a flat
@@ -10,6 +12,7 @@ decoded batch by batch while training (:mod:`simclrv2.data.feed`).
 from __future__ import annotations
 
 import logging
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,7 +25,8 @@ from torch import Tensor
 
 from simclrv2.config import DataConfig
 from simclrv2.data.errors import DataError
-from simclrv2.data.files import FileImages, decode_file
+from simclrv2.data.files import FileImages, UnreadableImage, cap_size, capped_shape, decode_file, eval_crop, fit_square, image_size_of
+from simclrv2.data.ragged import RaggedImages
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +38,7 @@ DATASETS = ("digits", "cifar10", "cifar100", "stl10", "folder")
 class ImageSet:
     """Decoded images with labels (-1 = unlabeled) and the file name of each image."""
 
-    images: Tensor | FileImages  # uint8 [N, 3, S, S], decoded or (large folders) read from disk
+    images: Tensor | RaggedImages | FileImages  # uint8 [N, 3, S, S], photos of their own sizes, or files
     labels: Tensor  # int64 [N]
     names: list[str]
     classes: list[str] = field(default_factory=list)
@@ -44,7 +48,7 @@ class ImageSet:
 
     def subset(self, index: Tensor | list[int]) -> "ImageSet":
         index = torch.as_tensor(index, dtype=torch.long)
-        images = self.images.take(index) if isinstance(self.images, FileImages) else self.images[index]
+        images = self.images[index] if isinstance(self.images, Tensor) else self.images.take(index)
         return ImageSet(images, self.labels[index], [self.names[i] for i in index.tolist()],
                         self.classes)
 
@@ -59,13 +63,17 @@ class Splits:
     def classes(self) -> list[str]:
         return self.train.classes
 
-    def pretrain_images(self) -> Tensor | FileImages:
+    def pretrain_images(self) -> Tensor | RaggedImages | FileImages:
         """Every image that may be used without labels."""
         if self.unlabeled is None:
             return self.train.images
-        if isinstance(self.train.images, FileImages):
+        if isinstance(self.train.images, Tensor) and isinstance(self.unlabeled.images, Tensor):
+            return torch.cat([self.train.images, self.unlabeled.images])
+        if type(self.train.images) is type(self.unlabeled.images):
             return self.train.images.concat(self.unlabeled.images)
-        return torch.cat([self.train.images, self.unlabeled.images])
+        if len(self.train) == 0:
+            return self.unlabeled.images
+        raise DataError("the labeled and unlabeled images are stored differently; set data.stream=on or off")
 
 
 def load(cfg: DataConfig, workers: int = 4) -> Splits:
@@ -82,7 +90,7 @@ def load(cfg: DataConfig, workers: int = 4) -> Splits:
     else:
         splits = _folder(cfg, workers)
     for part in (splits.train, splits.val, splits.unlabeled):
-        if part is not None and part.images.shape[-1] != cfg.image_size:
+        if part is not None and isinstance(part.images, Tensor) and part.images.shape[-1] != cfg.image_size:
             part.images = resize_uint8(part.images, cfg.image_size)
     return splits
 
@@ -225,23 +233,41 @@ def _read_tree(root: Path, cfg: DataConfig, workers: int, classes: list[str] | N
             labels.append(index[top])
     else:
         classes, labels = [], [-1] * len(files)
-    if should_stream(cfg, len(files)):
-        log.info("streaming %d images from %s (decoded they would take %.1f GB)", len(files), root,
-                 len(files) * 3 * cfg.image_size ** 2 / 2 ** 30)
-        images = FileImages(files, cfg.image_size, cfg.cache_size or None, cfg.strict, workers)
+    if should_stream(cfg, files):
+        log.info("streaming %d images from %s (kept in memory they would take about %.1f GB)", len(files), root,
+                 kept_bytes(cfg, files) / 2 ** 30)
+        images = FileImages(files, cfg.image_size, cfg.cache_size or None, cfg.strict, workers, cfg.crop,
+                            cfg.max_pixels)
         return ImageSet(images, torch.tensor(labels, dtype=torch.long), [str(f.relative_to(root)) for f in files],
                         classes)
-    images, ok = decode_images(files, cfg.image_size, workers)
-    bad = [str(f) for f, good in zip(files, ok) if not good]
+    images, errors = decode_images(files, cfg.image_size, workers, cfg.crop, cfg.cache_size or None, cfg.max_pixels)
+    bad = [e for e in errors if e is not None]
     if bad:
         if cfg.strict:
-            raise DataError(f"{len(bad)} unreadable image(s) under {root}, e.g. {', '.join(bad[:3])}")
-        log.warning("skipped %d unreadable image(s) under %s, e.g. %s", len(bad), root, ", ".join(bad[:3]))
-    keep = [i for i, good in enumerate(ok) if good]
+            raise DataError(f"{len(bad)} unreadable image(s) under {root} (data.strict=true): {'; '.join(bad[:3])}")
+        log.warning("skipped %d unreadable image(s) under %s: %s", len(bad), root, "; ".join(bad[:3]))
+    keep = [i for i, e in enumerate(errors) if e is None]
     if not keep:
         raise DataError(f"none of the {len(files)} images under {root} could be read")
+    _warn_odd_sizes(images, cfg.image_size, root)
     names = [str(files[i].relative_to(root)) for i in keep]
-    return ImageSet(images[keep], torch.tensor([labels[i] for i in keep], dtype=torch.long), names, classes)
+    return ImageSet(images, torch.tensor([labels[i] for i in keep], dtype=torch.long), names, classes)
+
+
+def _warn_odd_sizes(images: Tensor | RaggedImages, size: int, root: Path) -> None:
+    """One line each for images smaller than the views (upsampled) and extreme aspect ratios (the
+    evaluation crop sees only their central square)."""
+    if not isinstance(images, RaggedImages) or len(images) == 0:
+        return
+    short, long = images.sizes.min(1).values, images.sizes.max(1).values
+    small = int((short < size).sum())
+    if small:
+        log.warning("%d image(s) under %s have a side below image_size=%d px: their views are upsampled",
+                    small, root, size)
+    thin = int((long > 4 * short).sum())
+    if thin:
+        log.warning("%d image(s) under %s have an aspect ratio beyond 4:1: training crops reach their "
+                    "ends, evaluation sees their central square", thin, root)
 
 
 def memory_budget(cfg: DataConfig) -> int:
@@ -254,31 +280,60 @@ def memory_budget(cfg: DataConfig) -> int:
         return 8 * 2 ** 30
 
 
-def should_stream(cfg: DataConfig, num_images: int) -> bool:
-    """Whether a folder of ``num_images`` is read from disk every epoch rather than decoded once."""
+def kept_bytes(cfg: DataConfig, files: list[Path], sample: int = 256) -> int:
+    """What decoding ``files`` once would keep in memory: ``3 S^2`` each for ``data.crop=square``;
+    else each image at its own size with the short side capped, estimated from the headers of up
+    to ``sample`` files spread over the list."""
+    if cfg.crop == "square" or not files:
+        return len(files) * 3 * cfg.image_size ** 2
+    cap = cfg.cache_size or cap_size(cfg.image_size)
+    picked = files[:: max(1, len(files) // sample)][:sample]
+    sizes = [hw for hw in map(image_size_of, picked) if hw is not None]
+    if not sizes:
+        return len(files) * 3 * cap ** 2
+    per_image = [3 * math.prod(capped_shape(h, w, cap)) for h, w in sizes]
+    return int(len(files) * sum(per_image) / len(per_image))
+
+
+def should_stream(cfg: DataConfig, files: list[Path] | int) -> bool:
+    """Whether a folder of ``files`` is read from disk every epoch rather than decoded once (a count
+    of files is taken as images of ``3 S^2`` bytes)."""
     if cfg.stream != "auto":
         return cfg.stream == "on"
-    return num_images * 3 * cfg.image_size ** 2 > memory_budget(cfg)
+    nbytes = files * 3 * cfg.image_size ** 2 if isinstance(files, int) else kept_bytes(cfg, files)
+    return nbytes > memory_budget(cfg)
 
 
-def decode_images(files: list[Path], size: int, workers: int = 4) -> tuple[Tensor, list[bool]]:
-    """Decode files to RGB uint8 ``[N, 3, size, size]`` (short side resized, centre-cropped), as the
-    streaming path does (:func:`simclrv2.data.files.decode_file`).
+def decode_images(files: list[Path], size: int, workers: int = 4, crop: str = "eval", cap: int | None = None,
+                  max_pixels: int | None = None) -> tuple[Tensor | RaggedImages, list[str | None]]:
+    """Decode files (:func:`simclrv2.data.files.decode_file`, as the streaming path does) as kept for
+    ``crop``: ``full`` -- each at its own size, short side at most ``cap``, a :class:`RaggedImages`
+    (a tensor when all are ``size`` x ``size``); ``square`` -- the short side resized to ``size``
+    and centre-cropped; ``eval`` -- the evaluation view (:func:`eval_crop`, what ``predict`` feeds).
 
-    Images of any mode (greyscale, palette, RGBA) are converted to RGB. Unreadable files leave a
-    zero image and ``False`` in the returned mask.
+    Also returns, per file, None or why it could not be read; unreadable files are left out of the
+    images.
     """
-    out = torch.zeros(len(files), 3, size, size, dtype=torch.uint8)
-    ok = [False] * len(files)
+    from simclrv2.data.files import MAX_PIXELS
+
+    cap = cap or cap_size(size)
+    decoded: list[Tensor | None] = [None] * len(files)
+    errors: list[str | None] = [None] * len(files)
 
     def work(i: int) -> None:
-        image = decode_file(files[i], size)
-        if image is not None:
-            out[i] = image
-            ok[i] = True
+        try:
+            image = decode_file(files[i], None if crop == "square" else cap, max_pixels or MAX_PIXELS)
+        except UnreadableImage as e:
+            errors[i] = str(e)
+            return
+        decoded[i] = image if crop == "full" else fit_square(image, size) if crop == "square" else \
+            eval_crop(image, size)
 
     threads = max(1, min(workers, os.cpu_count() or 1) * 2)
     chunk = max(1, len(files) // (threads * 8))
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(work, range(len(files)), chunksize=chunk))
-    return out, ok
+    kept = [im for im in decoded if im is not None]
+    if crop != "full" or all(im.shape[-2:] == (size, size) for im in kept):
+        return (torch.stack(kept) if kept else torch.empty(0, 3, size, size, dtype=torch.uint8)), errors
+    return RaggedImages.stack(kept, size), errors

@@ -1,14 +1,28 @@
-"""Images that stay on disk: large folders are read and decoded batch by batch instead of once.
+"""Image files: decoding to RGB uint8, the kept copy's size cap, the evaluation crop, and
+:class:`FileImages`, large folders read and decoded batch by batch instead of once.
 
-:class:`FileImages` stands where a decoded uint8 tensor ``[N, 3, S, S]`` would: it has a length,
-a shape and lazy subsets, and indexing it decodes. Training reads it through
-:class:`simclrv2.data.feed.BatchFeed`, whose DataLoader workers only read and decode.
+Every path (decoded once, streamed, evaluation, ``predict``, ``embed``) decodes with
+:func:`decode_file`, so they all see the same pixels:
+
+* any mode becomes RGB: greyscale is repeated, CMYK converted, 16-bit samples scaled to 8 bits
+  (``round(v / 257)``, not truncated), transparent pixels (RGBA, LA, palette with a transparent
+  index) composited on white;
+* the EXIF orientation is applied (the image as a photo viewer shows it);
+* an image over ``max_pixels`` is refused before it is decoded (a decompression bomb);
+* the kept copy is downscaled, aspect ratio kept, so that its short side is at most the cap
+  (:func:`cap_size`); training crops are cut from it, in its own coordinates.
+
+:class:`FileImages` stands where decoded images would: it has a length, a shape and lazy subsets.
+Training reads it through :class:`simclrv2.data.feed.BatchFeed`, whose DataLoader workers only
+read and decode.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,19 +32,45 @@ import torch
 from torch import Tensor
 
 from simclrv2.data.errors import DataError
+from simclrv2.data.gpu_augment import center_crop_box
 
 log = logging.getLogger(__name__)
 
 JPEG_EXTENSIONS = (".jpg", ".jpeg")
+MAX_PIXELS = 178_956_970  # PIL's decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS)
+CROPS = ("full", "square")
 _warned: set[str] = set()  # unreadable files already reported by this process
 
 
 class UnreadableImage(DataError):
-    """An image file could not be decoded (raised only in strict mode)."""
+    """An image file could not be decoded, or is over the pixel limit (raised only in strict mode)."""
+
+
+def cap_size(image_size: int, min_scale: float = 0.08) -> int:
+    """The default cap on the kept copy's short side: a minimum-scale square crop of a square image
+    at this side is ``image_size`` px, i.e. not upsampled (792 px at 224, 226 at 64)."""
+    return int(math.ceil(image_size / math.sqrt(min_scale)))
+
+
+def capped_shape(height: int, width: int, cap: int) -> tuple[int, int]:
+    """``(h, w)`` of an image once its short side is at most ``cap`` (aspect ratio kept)."""
+    if min(height, width) <= cap:
+        return height, width
+    scale = cap / min(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def fit_short_side(image: Tensor, cap: int) -> Tensor:
+    """uint8 ``[3, H, W]`` downscaled (antialiased bilinear) so its short side is at most ``cap``."""
+    from torchvision.transforms.v2 import functional as TF
+
+    shape = capped_shape(*image.shape[-2:], cap)
+    return image if shape == tuple(image.shape[-2:]) else TF.resize(image, list(shape), antialias=True).contiguous()
 
 
 def fit_square(image: Tensor, size: int) -> Tensor:
-    """Resize uint8 ``[3, H, W]`` so its short side is ``size`` (antialiased bilinear), then centre-crop."""
+    """Resize uint8 ``[3, H, W]`` so its short side is ``size`` (antialiased bilinear), then centre-crop:
+    the kept copy of the ``data.crop=square`` path (training crops cut from this square only)."""
     from torchvision.transforms.v2 import functional as TF
 
     h, w = image.shape[-2:]
@@ -43,47 +83,124 @@ def fit_square(image: Tensor, size: int) -> Tensor:
     return image.contiguous()
 
 
-def _decode_pil(path: str) -> Tensor | None:
-    from PIL import Image
+def eval_crop(image: Tensor, size: int, proportion: float = 0.875) -> Tensor:
+    """Evaluation view of uint8 ``[3, H, W]``: the official central crop (:func:`center_crop_box`)
+    resized to ``size`` x ``size`` (bicubic, antialiased), uint8. Images of 32 px or less (short
+    side) keep their whole central square (no 0.875 crop, as the official code at 32 px); a crop
+    already ``size`` x ``size`` is returned as it is."""
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
 
-    try:
-        with Image.open(path) as im:
-            return torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
-    except (OSError, ValueError, SyntaxError):
-        return None
+    h, w = image.shape[-2:]
+    top, left, ch, cw = center_crop_box(h, w, 1.0 if min(h, w) <= 32 else proportion)
+    crop = image[..., top:top + ch, left:left + cw]
+    if (ch, cw) == (size, size):
+        return crop.contiguous()
+    return TF.resize(crop, [size, size], interpolation=InterpolationMode.BICUBIC, antialias=True).contiguous()
 
 
-def decode_file(path: str | Path, size: int) -> Tensor | None:
-    """One file as RGB uint8 ``[3, size, size]`` (short side resized, centre-cropped); None if unreadable.
+def _from_pil(im) -> Tensor:
+    """A PIL image of any mode as RGB uint8 ``[3, H, W]`` (see the module docstring)."""
+    from PIL import Image, ImageOps
 
-    torchvision.io decodes; PIL takes the formats it lacks (BMP, TIFF, PPM, ...).
+    im = ImageOps.exif_transpose(im)
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):  # 16-bit (or 32-bit) greyscale
+        a = np.asarray(im).astype(np.float64)
+        if im.mode.startswith("I;16") or a.max() > 255:
+            a = a / 257.0
+        grey = torch.from_numpy(np.clip(np.round(a), 0, 255).astype(np.uint8))
+        return grey.expand(3, -1, -1).contiguous()
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im.convert("RGBA"))
+    return torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def _to_uint8(image: Tensor) -> Tensor:
+    """16-bit samples scaled to 8 bits (``round(v / 257)``: 65535 -> 255), not truncated."""
+    if image.dtype == torch.uint8:
+        return image
+    return image.to(torch.float32).div_(257.0).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def decode_file(path: str | Path, cap: int | None = None, max_pixels: int = MAX_PIXELS) -> Tensor:
+    """One file as RGB uint8 ``[3, H, W]``, short side at most ``cap`` (None: as stored).
+
+    Raises :class:`UnreadableImage` naming the file and the reason. PIL reads the header (size,
+    mode, EXIF) first; torchvision decodes JPEGs and PNGs without transparency (faster, and 16-bit
+    PNGs at full depth), PIL everything else.
     """
-    from torchvision.io import ImageReadMode, decode_image, read_file
+    from PIL import Image
 
     path = str(path)
     try:
-        image = decode_image(read_file(path), mode=ImageReadMode.RGB)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > max_pixels:
+                    raise UnreadableImage(f"{path}: {w} x {h} = {w * h:,} pixels is over the limit of "
+                                          f"{max_pixels:,} (data.max_pixels)")
+                alpha = im.mode in ("RGBA", "LA", "PA", "P") or "transparency" in im.info
+                image = None
+                if im.format in ("JPEG", "PNG") and not alpha:
+                    image = _decode_torchvision(path)
+                if image is None:
+                    image = _from_pil(im)
+    except Image.DecompressionBombError as e:
+        raise UnreadableImage(f"{path}: over PIL's pixel limit ({e})") from None
+    except UnreadableImage:
+        raise
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise UnreadableImage(f"{path}: cannot decode ({type(e).__name__}: {str(e)[:120]})") from None
+    return image if cap is None else fit_short_side(image, cap)
+
+
+def _decode_torchvision(path: str) -> Tensor | None:
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    try:
+        return _to_uint8(decode_image(read_file(path), mode=ImageReadMode.RGB, apply_exif_orientation=True))
     except (RuntimeError, ValueError, OSError):
-        image = _decode_pil(path)
-    return None if image is None else fit_square(image, size)
+        return None  # e.g. a JPEG torchvision cannot read: PIL tries
+
+
+def image_size_of(path: str | Path) -> tuple[int, int] | None:
+    """``(height, width)`` from the file's header (EXIF rotation applied), None if unreadable."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(str(path)) as im:
+                w, h = im.size
+                if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees
+                    w, h = h, w
+                return h, w
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+        return None
 
 
 class FileImages:
-    """``N`` image files presented as uint8 ``[N, 3, size, size]``, decoded when read.
+    """``N`` image files, decoded when read.
 
-    ``cache_size`` is the size batches for training are decoded to (random crops are then taken on the
-    device); ``size`` is what indexing returns, for evaluation. An unreadable file is an error in
-    ``strict`` mode; otherwise it is logged and replaced by the next readable file, so a batch keeps
-    its length.
+    ``crop="full"`` (default): training reads each image with its aspect ratio, short side at most
+    ``cap``; ``crop="square"``: the short side resized to ``size`` and centre-cropped (the old path).
+    Indexing returns the evaluation view at ``size`` (:func:`eval_crop`). An unreadable file is an
+    error in ``strict`` mode; otherwise it is logged and replaced by the next readable file, so a
+    batch keeps its length.
     """
 
-    def __init__(self, files: Sequence[str | Path], size: int, cache_size: int | None = None,
-                 strict: bool = False, workers: int = 4) -> None:
+    def __init__(self, files: Sequence[str | Path], size: int, cap: int | None = None, strict: bool = False,
+                 workers: int = 4, crop: str = "full", max_pixels: int = MAX_PIXELS) -> None:
         self.files = [str(f) for f in files]
         self.size = size
-        self.cache_size = cache_size or size
+        self.cap = cap or cap_size(size)
         self.strict = strict
         self.workers = workers
+        self.crop = crop
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.files)
@@ -91,11 +208,6 @@ class FileImages:
     @property
     def shape(self) -> tuple[int, int, int, int]:
         return (len(self.files), 3, self.size, self.size)
-
-    @property
-    def nbytes(self) -> int:
-        """What the images would take decoded in memory at ``size``."""
-        return len(self.files) * 3 * self.size * self.size
 
     def take(self, index: Tensor | Sequence[int]) -> "FileImages":
         """The lazy subset ``index`` (no decoding)."""
@@ -106,25 +218,34 @@ class FileImages:
         return self._like(self.files + other.files)
 
     def _like(self, files: list[str]) -> "FileImages":
-        return FileImages(files, self.size, self.cache_size, self.strict, self.workers)
+        return FileImages(files, self.size, self.cap, self.strict, self.workers, self.crop, self.max_pixels)
 
-    def load(self, i: int, size: int | None = None) -> Tensor:
-        """Image ``i`` decoded at ``size`` (default ``self.size``); unreadable files as the class says."""
-        size = size or self.size
+    def decode(self, i: int) -> Tensor:
+        """Image ``i`` as kept for training (see the class); unreadable files as the class says."""
         for step in range(len(self.files)):
             j = (i + step) % len(self.files)
-            image = decode_file(self.files[j], size)
-            if image is not None:
-                if step and self.files[i] not in _warned:
-                    _warned.add(self.files[i])
-                    log.warning("unreadable image %s: used %s in its place", self.files[i], self.files[j])
-                return image
-            if self.strict:
-                raise UnreadableImage(f"unreadable image: {self.files[j]}")
+            try:
+                image = decode_file(self.files[j], None if self.crop == "square" else self.cap, self.max_pixels)
+            except UnreadableImage as e:
+                if self.strict:
+                    raise
+                if self.files[j] not in _warned:
+                    _warned.add(self.files[j])
+                    log.warning("skipped %s (data.strict=false)", e)
+                continue
+            if step and self.files[i] not in _warned:
+                _warned.add(self.files[i])
+                log.warning("unreadable image %s: used %s in its place", self.files[i], self.files[j])
+            return fit_square(image, self.size) if self.crop == "square" else image
         raise UnreadableImage(f"none of the {len(self.files)} images (e.g. {self.files[0]}) could be read")
 
+    def load(self, i: int) -> Tensor:
+        """Image ``i``'s evaluation view, uint8 ``[3, size, size]`` (``square``: the kept square)."""
+        image = self.decode(i)
+        return image if self.crop == "square" else eval_crop(image, self.size)
+
     def __getitem__(self, index: int | slice | Tensor | Sequence[int]) -> Tensor:
-        """Decode ``index`` at ``size`` (threads); an int gives ``[3, S, S]``, anything else ``[B, 3, S, S]``."""
+        """Evaluation views (threads); an int gives ``[3, S, S]``, anything else ``[B, 3, S, S]``."""
         if isinstance(index, int):
             return self.load(index)
         if isinstance(index, slice):
@@ -143,4 +264,4 @@ class FileImages:
         return out
 
     def __repr__(self) -> str:
-        return f"FileImages({len(self.files)} files, size={self.size}, cache_size={self.cache_size})"
+        return f"FileImages({len(self.files)} files, size={self.size}, cap={self.cap}, crop={self.crop})"

@@ -2,12 +2,14 @@
 
 Every function takes a batch ``[N, 3, H, W]`` (uint8 or float in [0, 1]) and returns float32 in
 [0, 1]. Randomness comes from an explicit ``torch.Generator`` on the batch's device, so a run is
-reproducible; there is no Python loop over images and no host-device synchronisation.
+reproducible; there is no Python loop over images and no host-device synchronisation, except for
+photos of different sizes: one copy of each crop into a padded batch, after one read of the boxes.
 
 The semantics are torchvision's (``transforms.v2``) applied image by image, so that
 :mod:`simclrv2.data.augment` is the per-image reference:
 
-* crop: ``RandomResizedCrop`` box sampling (10 tries, then the central crop), crop then
+* crop: ``RandomResizedCrop`` box sampling (10 tries, then the central crop) on each image's own
+  size (photos of different sizes come as :class:`~simclrv2.data.ragged.RaggedImages`), crop then
   bilinear resize (antialiased when shrinking) and the horizontal flip, all in one resampling op
   with per-image coordinates: ``grid_sample`` when every crop is enlarged, else two batched
   matrix products ``Wy @ img @ Wx^T`` with the weights of ``F.interpolate(..., antialias=True)``;
@@ -22,13 +24,14 @@ below the 8-bit quantisation of the source images.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
-    "sample_crop_boxes", "resized_crop", "random_resized_crop",
+    "sample_crop_boxes", "resized_crop", "resized_crop_ragged", "random_resized_crop",
     "rgb_to_grayscale", "adjust_brightness", "adjust_contrast", "adjust_saturation", "adjust_hue",
     "apply_color_jitter", "color_jitter", "random_grayscale",
     "blur_kernel_size", "apply_gaussian_blur", "gaussian_blur",
@@ -72,13 +75,20 @@ def _per_image(v: Tensor | float, x: Tensor) -> Tensor:
 # crop, resize and flip
 
 
-def sample_crop_boxes(n: int, height: int, width: int, scale: tuple[float, float] = (0.08, 1.0),
+def sample_crop_boxes(n: int, height: int | Tensor, width: int | Tensor, scale: tuple[float, float] = (0.08, 1.0),
                       ratio: tuple[float, float] = (3 / 4, 4 / 3), generator: torch.Generator | None = None,
                       device: torch.device | str = "cpu", attempts: int = 10) -> Tensor:
     """``n`` crop boxes as int64 ``[n, 4]`` rows ``(top, left, height, width)``, drawn as
     ``RandomResizedCrop.get_params`` does: up to ``attempts`` (area, log-ratio) draws, the first
-    that fits is kept, else the central crop at the nearest allowed ratio. All draws at once."""
+    that fits is kept, else the central crop at the nearest allowed ratio. All draws at once.
+
+    ``height`` and ``width`` are one image size for all, or ``[n]`` tensors (one per image).
+    """
     device = torch.device(device)
+    per_image = isinstance(height, Tensor) or isinstance(width, Tensor)
+    if per_image:
+        height = torch.as_tensor(height, device=device).float().reshape(-1, 1)
+        width = torch.as_tensor(width, device=device).float().reshape(-1, 1)
     area = height * width
     target = _uniform(n * attempts, scale[0], scale[1], generator, device).view(n, attempts) * area
     log_r = _uniform(n * attempts, math.log(ratio[0]), math.log(ratio[1]), generator, device).view(n, attempts)
@@ -88,11 +98,19 @@ def sample_crop_boxes(n: int, height: int, width: int, scale: tuple[float, float
     ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
     first = ok.to(torch.uint8).argmax(1, keepdim=True)  # first valid try (0 when none is valid)
     w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)
+    if per_image:
+        height, width = height.squeeze(1), width.squeeze(1)
     # offsets uniform over the valid integer positions, as torch.randint(0, size - crop + 1)
     u = torch.rand(n, 2, generator=generator, device=device)
     top = torch.minimum((u[:, 0] * (height - h + 1)).floor_(), height - h)
     left = torch.minimum((u[:, 1] * (width - w + 1)).floor_(), width - w)
-    # fallback: central crop, whole image clamped to the ratio range
+    fallback = ~ok.any(1)
+    central = _central_boxes(height, width, ratio) if per_image else _central_box(height, width, ratio)
+    return torch.stack([torch.where(fallback, c, v) for c, v in zip(central, (top, left, h, w))], 1).long()
+
+
+def _central_box(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int, int, int]:
+    """get_params' fallback: the whole image clamped to the ratio range, centred."""
     in_ratio = width / height
     if in_ratio < min(ratio):
         fw, fh = width, int(round(width / min(ratio)))
@@ -100,9 +118,17 @@ def sample_crop_boxes(n: int, height: int, width: int, scale: tuple[float, float
         fw, fh = int(round(height * max(ratio))), height
     else:
         fw, fh = width, height
-    fallback = ~ok.any(1)
-    central = ((height - fh) // 2, (width - fw) // 2, fh, fw)
-    return torch.stack([torch.where(fallback, c, v) for c, v in zip(central, (top, left, h, w))], 1).long()
+    return (height - fh) // 2, (width - fw) // 2, fh, fw
+
+
+def _central_boxes(height: Tensor, width: Tensor, ratio: tuple[float, float]) -> tuple[Tensor, ...]:
+    """:func:`_central_box` per image (float64, so that ``round`` matches Python's)."""
+    hd, wd = height.double(), width.double()
+    in_ratio = wd / hd
+    narrow, wide = in_ratio < min(ratio), in_ratio > max(ratio)
+    fw = torch.where(wide, (hd * max(ratio)).round(), wd)
+    fh = torch.where(narrow, (wd / min(ratio)).round(), hd)
+    return (hd - fh).div(2).floor().float(), (wd - fw).div(2).floor().float(), fh.float(), fw.float()
 
 
 def _resize_weights(start: Tensor, length: Tensor, in_size: int, out_size: int, flip: Tensor | None,
@@ -163,11 +189,59 @@ def resized_crop(images: Tensor, boxes: Tensor, size: int, flip: Tensor | None =
     return out.clamp_(0, 1)  # weights sum to 1 up to rounding
 
 
-def random_resized_crop(images: Tensor, size: int, scale: tuple[float, float] = (0.08, 1.0),
+def resized_crop_ragged(images: Sequence[Tensor], boxes: Tensor, size: int, flip: Tensor | None = None) -> Tensor:
+    """:func:`resized_crop` for images of different sizes (uint8 or float ``[3, h_i, w_i]``).
+
+    The crops are copied into one zero-padded batch (a memory copy per image, the only per-image
+    step) and resampled together by the matrix path with per-image lengths: the weights of
+    :func:`_resize_weights` never reach the padding, so this is the resize of each crop alone.
+    """
+    n = len(images)
+    rows = boxes.tolist()
+    crop_h, crop_w = max(r[2] for r in rows), max(r[3] for r in rows)
+    uint8 = images[0].dtype == torch.uint8
+    batch = torch.zeros(n, 3, crop_h, crop_w, dtype=torch.float32, device=boxes.device)
+    for k, (top, left, h, w) in enumerate(rows):
+        batch[k, :, :h, :w] = images[k][:, top:top + h, left:left + w]
+    zero = torch.zeros(n, dtype=torch.long, device=boxes.device)
+    with torch.autocast(boxes.device.type, enabled=False):
+        wy = _resize_weights(zero, boxes[:, 2], crop_h, size, None, 1.0)  # [N, S, h]
+        wx = _resize_weights(zero, boxes[:, 3], crop_w, size, flip, 1 / 255 if uint8 else 1.0)  # [N, S, w]
+        out = torch.bmm(batch.view(n, 3 * crop_h, crop_w), wx.transpose(1, 2))  # [N, 3*h, S]
+        out = torch.matmul(wy.unsqueeze(1), out.view(n, 3, crop_h, size))  # [N, 3, S, S]
+    return out.clamp_(0, 1)
+
+
+def _uniform_batch(images) -> Tensor | None:
+    """Ragged images that all have one size, as a ``[N, 3, h, w]`` tensor (a view); else None."""
+    sizes = images.sizes
+    if len(sizes) == 0 or not bool((sizes == sizes[0]).all()):
+        return None
+    h, w = sizes[0].tolist()
+    expected = torch.arange(len(sizes)) * (3 * h * w)
+    if not torch.equal(images.offsets, expected):
+        return None
+    return images.data[:len(sizes) * 3 * h * w].view(len(sizes), 3, h, w)
+
+
+def random_resized_crop(images, size: int, scale: tuple[float, float] = (0.08, 1.0),
                         ratio: tuple[float, float] = (3 / 4, 4 / 3), flip_p: float = 0.5,
                         generator: torch.Generator | None = None) -> Tensor:
     """``RandomResizedCrop(size, scale, ratio)`` then ``RandomHorizontalFlip(flip_p)``, per image,
-    in one pass over the batch."""
+    in one pass over the batch.
+
+    ``images`` is a ``[N, 3, H, W]`` tensor, or :class:`~simclrv2.data.ragged.RaggedImages` whose
+    boxes are drawn on each image's own size (images of one common size take the tensor path).
+    """
+    if not isinstance(images, Tensor):
+        same = _uniform_batch(images)
+        if same is None:
+            n, device = len(images), images.device
+            boxes = sample_crop_boxes(n, images.sizes[:, 0].to(device), images.sizes[:, 1].to(device), scale, ratio,
+                                      generator, device)
+            flip = _bernoulli(n, flip_p, generator, device) if flip_p > 0 else None
+            return resized_crop_ragged([images.image(i) for i in range(n)], boxes, size, flip)
+        images = same
     n, _, height, width = images.shape
     boxes = sample_crop_boxes(n, height, width, scale, ratio, generator, images.device)
     flip = _bernoulli(n, flip_p, generator, images.device) if flip_p > 0 else None
@@ -391,7 +465,7 @@ def gaussian_blur(x: Tensor, p: float = 0.5, sigma_range: tuple[float, float] = 
 def center_crop_box(height: int, width: int, proportion: float = 0.875) -> tuple[int, int, int, int]:
     """The official SimCLR eval crop ``(top, left, side, side)``: a centred square keeping
     ``proportion`` of the shorter side (offsets rounded up, as ``data_util.center_crop``)."""
-    side = int(round(proportion * min(height, width)))
+    side = max(1, int(round(proportion * min(height, width))))  # round() is rint: half to even
     return (height - side + 1) // 2, (width - side + 1) // 2, side, side
 
 

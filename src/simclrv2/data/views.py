@@ -7,10 +7,12 @@ from torch import Tensor
 
 from simclrv2.config import Config
 from simclrv2.data import gpu_augment
+from simclrv2.data.ragged import RaggedImages
 
 
 class ViewMaker:
-    """``views(x_uint8) -> float [B, 3, size, size]`` in [0, 1], random per image, on ``x``'s device.
+    """``views(x_uint8) -> float [B, 3, size, size]`` in [0, 1], random per image, on ``x``'s device;
+    ``x`` is a batch tensor or :class:`RaggedImages` (crop boxes drawn on each image's own size).
 
     ``kind`` is ``simclr`` (the full SimCLR view), ``crop_flip`` (fine-tuning, distillation) or
     ``none`` (evaluation). The ``torchvision`` backend applies the per-image reference transforms
@@ -51,9 +53,12 @@ class ViewMaker:
         return cls("crop_flip", cfg.data.image_size, min_scale=a.min_scale, backend=a.backend, seed=seed,
                    device=device, flip=a.flip)
 
-    def __call__(self, x: Tensor) -> Tensor:
+    def __call__(self, x: Tensor | RaggedImages) -> Tensor:
+        if self.kind == "none" and isinstance(x, RaggedImages):
+            x = x.eval_views()
         if self._per_image is not None:
-            out = torch.stack([self._per_image(img.cpu()) for img in x]).to(x.device)
+            images = x if isinstance(x, Tensor) else [x.image(i) for i in range(len(x))]
+            out = torch.stack([self._per_image(img.cpu()) for img in images]).to(x.device)
         elif self.kind == "simclr":
             out = gpu_augment.simclr_views(x, self.size, strength=self.strength, blur=self.blur,
                                            min_scale=self.min_scale, generator=self.generator, flip=self.flip)

@@ -95,10 +95,12 @@ def _predict(args: argparse.Namespace) -> int:
 
     net, meta = load_classifier(args.checkpoint)
     files = predict.collect_images(args.images)
+    data = meta.get("config", {}).get("data", {})
     predictions, unreadable = predict.predict_files(net, meta["classes"], int(meta["image_size"]), files, args.top,
-                                                    _device(args.device), args.batch_size)
-    for f in unreadable:
-        print(f"simclrv2 predict: warning: cannot read image {f}; skipped", file=sys.stderr)
+                                                    _device(args.device), args.batch_size, crop=data.get("crop", "full"),
+                                                    cap=data.get("cache_size") or None)
+    for reason in unreadable:
+        print(f"simclrv2 predict: warning: cannot read image {reason}; skipped", file=sys.stderr)
     if not predictions:
         raise DataError(f"none of the {len(files)} image(s) could be read")
     print(predict.format_table(predictions))

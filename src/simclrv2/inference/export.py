@@ -33,6 +33,10 @@ ONNX_OPSET = 17
 def sidecar(meta: dict[str, Any], fmt: str, source: str | Path) -> dict[str, Any]:
     """What a consumer of the exported file needs to know to feed it and read its output."""
     size = int(meta["image_size"])
+    square = meta.get("config", {}).get("data", {}).get("crop") == "square"
+    crop = ("none: the short side resized to the image size (bilinear, antialiased), then centre-cropped"
+            if square else "central square of side rint(0.875 x short side), offsets ((H - side + 1) // 2, "
+            "(W - side + 1) // 2); the whole central square (side = short side) for images of 32 px or less")
     return {
         "format": fmt,
         "source_checkpoint": str(source),
@@ -41,7 +45,10 @@ def sidecar(meta: dict[str, Any], fmt: str, source: str | Path) -> dict[str, Any
         "output": {"name": "logits", "dtype": "float32", "shape": ["batch", len(meta["classes"])],
                    "note": "unnormalised; apply softmax for probabilities"},
         "preprocessing": {
-            "color": "RGB", "image_size": size, "resize": f"short side to {size} px (bilinear), then centre crop",
+            "color": "RGB", "image_size": size, "exif_orientation": "applied",
+            "crop": crop,
+            "resize": None if square else f"crop resized to {size} x {size} px (bicubic, antialiased); crops "
+                                          "already that size kept",
             "range": [0.0, 1.0], "scale": "uint8 / 255", "normalization": None,
         },
         "classes": list(meta["classes"]),

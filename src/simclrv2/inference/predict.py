@@ -1,7 +1,8 @@
 """Class predictions for image files with a classifier checkpoint (fine-tuned, distilled or supervised).
 
-Images get the preprocessing the network was trained with: decoded to RGB, the short side resized
-to the checkpoint's ``image_size``, centre-cropped, scaled to [0, 1] (no mean/std normalisation).
+Images get the evaluation preprocessing of training (:func:`simclrv2.data.files.eval_crop`): decoded
+to RGB (EXIF orientation applied), the official central crop (a square of 0.875 x the short side)
+resized to the checkpoint's ``image_size`` (bicubic), scaled to [0, 1] (no mean/std normalisation).
 """
 
 from __future__ import annotations
@@ -60,18 +61,20 @@ def collect_images(paths: Iterable[str | Path]) -> list[Path]:
 
 @torch.no_grad()
 def predict_files(net: nn.Module, classes: Sequence[str], image_size: int, files: Sequence[Path], top: int = 5,
-                  device: torch.device | str = "cpu", batch_size: int = 256, workers: int = 4
-                  ) -> tuple[list[Prediction], list[Path]]:
-    """Top-``top`` classes and softmax probabilities of each readable file; also the unreadable files."""
+                  device: torch.device | str = "cpu", batch_size: int = 256, workers: int = 4, crop: str = "full",
+                  cap: int | None = None) -> tuple[list[Prediction], list[str]]:
+    """Top-``top`` classes and softmax probabilities of each readable file; also why each unreadable
+    file could not be read. ``crop``/``cap`` are the training run's ``data.crop``/``data.cache_size``."""
     if top < 1:
         raise InferenceError(f"--top must be >= 1, got {top}")
     device = torch.device(device)
-    images, ok = datasets.decode_images(list(files), image_size, workers)
-    readable = [i for i, good in enumerate(ok) if good]
-    unreadable = [files[i] for i, good in enumerate(ok) if not good]
+    images, errors = datasets.decode_images(list(files), image_size, workers, "square" if crop == "square" else "eval",
+                                            cap)
+    readable = [i for i, e in enumerate(errors) if e is None]
+    unreadable = [e for e in errors if e is not None]
     if not readable:
         return [], unreadable
-    logits = infer(net.to(device).eval(), images[readable], device, batch_size=batch_size, amp=False)
+    logits = infer(net.to(device).eval(), images, device, batch_size=batch_size, amp=False)
     probs = logits.softmax(dim=1)
     values, indices = probs.topk(min(top, probs.shape[1]), dim=1)
     predictions = [Prediction(str(files[i]), [classes[c] for c in idx.tolist()], val.tolist())
