@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from simclrv2 import checkpoint, distributed
-from simclrv2.config import Config, ConfigError, from_dict, load_yaml, merge, parse_overrides, preset, preset_names
+from simclrv2.config import (Config, ConfigError, folder_defaults, from_dict, load_yaml, merge, parse_overrides, preset,
+                             preset_names)
 from simclrv2.data.datasets import DATASETS, DataError
 from simclrv2.inference import InferenceError, commands as inference_commands
 from simclrv2.train.common import NonFiniteLossError, RunDirError
@@ -24,7 +25,8 @@ ERRORS = (ConfigError, DataError, checkpoint.CheckpointError, NonFiniteLossError
 
 
 def _common(p: argparse.ArgumentParser, out_default: str | None = None) -> None:
-    p.add_argument("--preset", choices=preset_names(), help="named hyperparameter preset")
+    p.add_argument("--preset", choices=preset_names(),
+                   help="named hyperparameter preset (default: digits without --data, else folder)")
     p.add_argument("--config", help="YAML config file (applied after the preset)")
     p.add_argument("--data", help="dataset path (torchvision root or ImageFolder tree)")
     p.add_argument("--dataset", choices=DATASETS, help="dataset kind (default: the preset's)")
@@ -90,7 +92,9 @@ def resolve_config(args: argparse.Namespace, stage: str, base: Config | None = N
     elif base is not None:
         cfg = base
     else:
-        cfg = preset("digits")
+        cfg = preset(default_preset(args))
+    if (args.preset or (base is None and default_preset(args))) == "folder" and args.data:
+        cfg = merge(cfg, _surveyed_folder(args.data, explicit=bool(args.preset)), where="folder defaults")
     if args.config:
         cfg = merge(cfg, load_yaml(args.config), where=args.config)
     flags: dict[str, Any] = {}
@@ -122,6 +126,33 @@ def resolve_config(args: argparse.Namespace, stage: str, base: Config | None = N
     cfg = merge(cfg, flags, where="command line")
     cfg = merge(cfg, parse_overrides(args.overrides, stage), where="override")
     return cfg.validate()
+
+
+def default_preset(args: argparse.Namespace) -> str:
+    """The preset used without ``--preset``: the embedded digits without ``--data``, the CIFAR recipe for
+    torchvision's CIFAR files, and otherwise defaults for photographs (``folder``)."""
+    if not args.data:
+        return "digits"
+    if args.dataset in ("cifar10", "cifar100"):
+        return "cifar10"
+    return "folder"
+
+
+def _surveyed_folder(path: str, explicit: bool) -> dict[str, Any]:
+    """``folder_defaults`` of the images under ``path``, and a line saying what was chosen."""
+    from simclrv2.data.survey import survey_folder
+
+    sides, count = survey_folder(path)
+    values = folder_defaults(sides, count)
+    if values:
+        size, model = values["data"]["image_size"], values["model"]["model"]
+        median = sorted(sides)[len(sides) // 2]
+        how = "--preset folder" if explicit else "--data without --preset"
+        logging.getLogger("simclrv2").info(
+            "%s: folder defaults for %d images (median short side %d px): image_size=%d, %s%s; change them "
+            "with key=value or choose --preset", how, count, median, size, model,
+            ", cifar_stem" if values["model"]["cifar_stem"] else "")
+    return values
 
 
 def _checkpoint_config(path: str) -> Config:

@@ -23,6 +23,7 @@ from simclrv2.config import Config, OptimConfig, save_yaml
 from simclrv2.data.feed import chunks
 from simclrv2.data.files import FileImages
 from simclrv2.optim import build_optimizer, lr_at, scaled_lr
+from simclrv2.train.runtime import configure_threads
 
 
 class NonFiniteLossError(RuntimeError):
@@ -66,6 +67,7 @@ class Runtime:
 
 def start(cfg: Config) -> Runtime:
     """Join the torchrun process group if there is one, pick the device, seed everything."""
+    configure_threads(cfg.threads)
     world = distributed.init(cfg.device)
     device = distributed.device_for(world, cfg.device) if world.distributed else resolve_device(cfg.device)
     setup_backend(device)
@@ -244,7 +246,7 @@ class RunDirError(ValueError):
     """The output directory holds a different run."""
 
 
-IGNORED_FOR_RESUME = ("device", "workers")
+IGNORED_FOR_RESUME = ("device", "workers", "threads")
 READING_KEYS = ("on_device", "stream", "memory_gb", "decode")  # where images are read from, not what is computed
 STAGE_SECTIONS = ("pretrain", "finetune", "distill", "supervised")
 LABEL_KEYS = ("labels", "labels_per_class", "labels_file", "label_fractions")
