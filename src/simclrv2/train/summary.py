@@ -69,6 +69,11 @@ def format_block(stage: str, fields: dict[str, str]) -> str:
     return "\n".join([f"== simclrv2 {stage}"] + [f"  {k:<{width}}  {v}" for k, v in fields.items()])
 
 
+def record_line(title: str, values: dict[str, Any]) -> str:
+    """``final: val_top1 91.92, epoch 100``: one result record on one line."""
+    return title + ": " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
+
+
 def show(stage: str, *args: Any, is_main: bool = True, enabled: bool = True, **kwargs: Any) -> dict[str, str]:
     """Print the block of :func:`describe` (rank 0 only, when ``enabled``); return the fields."""
     fields = describe(stage, *args, **kwargs)
