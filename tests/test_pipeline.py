@@ -19,6 +19,18 @@ def test_pipeline_writes_results_and_report(tmp_path, capsys):
     for r in rows:
         assert 0 <= r["top1"] <= r["top5"] <= 100 and r["params"] > 0 and r["seconds"] >= 0
     assert [r["stage"] for r in rows[:5]] == ["supervised", "knn", "linear", "finetune", "distill"]
+    # progress: a summary, "[k/n] title" headers with elapsed / left, each row as soon as its step is done
+    assert printed.startswith("== simclrv2 pipeline") and "steps       9: pretrain, then for 5%, 20%" in printed
+    headers = [line for line in printed.splitlines() if line.startswith("[") and "(elapsed" in line]
+    assert [h.split(" (")[0] for h in headers] == [
+        "[1/9] pretrain", "[2/9] 5% labels: supervised baseline", "[3/9] 5% labels: fine-tune",
+        "[4/9] 5% labels: kNN and linear probes", "[5/9] 5% labels: distill", "[6/9] 20% labels: supervised baseline",
+        "[7/9] 20% labels: fine-tune", "[8/9] 20% labels: kNN and linear probes", "[9/9] 20% labels: distill"]
+    assert "left)" not in headers[0] and all("left)" in h for h in headers[1:])
+    sup = next(r for r in rows if r["stage"] == "supervised" and r["labels"] == 0.05)
+    row_line = f"  | 0.05 | {sup['labeled_images']} | supervised | {sup['top1']:.2f} |"
+    assert printed.index(row_line) < printed.index("[3/9]")
+    assert printed.count("== simclrv2 ") == 1 + 1 + 3 * 2  # pipeline, pretrain, 3 trained stages per fraction
     report = (out / "report.md").read_text()
     assert "| labels | labeled images | stage |" in report and "| distill |" in printed
     for png in ("training_curves.png", "accuracy_vs_labels.png", "tsne.png", "confusion_matrix.png"):

@@ -107,7 +107,7 @@ def resolve_config(args: argparse.Namespace, stage: str, base: Config | None = N
     flags: dict[str, Any] = {}
     if args.data:
         flags.setdefault("data", {})["path"] = args.data
-        if not args.dataset and not chosen and cfg.data.dataset == "digits":
+        if not args.dataset and cfg.data.dataset == "digits":  # the embedded digits have no path: --data is a folder
             flags["data"]["dataset"] = "folder"
     if args.dataset:
         flags.setdefault("data", {})["dataset"] = args.dataset
