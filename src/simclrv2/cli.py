@@ -213,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             result = classifier.run_supervised(resolve_config(args, "supervised"), args.out, resume=args.resume,
                                                overwrite=args.overwrite)
             _print_record("final", result["final"])
+            _say(f"checkpoint: {result['checkpoint']}")
         elif args.command == "evaluate":
             evaluate_command.run(args, resolve_config(args, "evaluate", _checkpoint_config(args.checkpoint)))
         elif args.command == "pipeline":
