@@ -3,6 +3,7 @@
 import json
 
 from simclrv2.cli import main
+from simclrv2.pipeline import Progress
 
 TINY = ["image_size=8", "width=0.125", "head_layers=2", "device=cpu", "pretrain.epochs=2", "knn_every=1",
         "finetune.epochs=2", "supervised.epochs=2", "distill.epochs=1", "label_fractions=0.05,0.2"]
@@ -46,3 +47,21 @@ def test_pipeline_writes_results_and_report(tmp_path, capsys):
     resumed = [r["seconds"] for r in again if r["stage"] in ("supervised", "finetune", "distill")]
     for first, second in zip([r["seconds"] for r in trained], resumed):  # time counts all attempts of a stage
         assert first - 0.5 < second < first + 0.5
+
+
+def test_progress_estimate(capsys):
+    """Time left = elapsed / finished cost x remaining cost; each finished row is printed at once."""
+    now = [100.0]
+    progress = Progress([("pretrain", 1.0), ("1% labels: fine-tune", 3.0)], clock=lambda: now[0])
+    progress.begin()
+    now[0] = 110.0
+    progress.end()
+    progress.begin()
+    now[0] = 135.0
+    progress.end([{"stage": "finetune", "labels": 0.01, "labeled_images": 10, "top1": 70.0, "top5": 95.0,
+                   "params": 700_000, "seconds": 25.0}])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "[1/2] pretrain (elapsed 0:00)" and lines[2] == "[1/2] pretrain: done in 0:10"
+    assert lines[4] == "[2/2] 1% labels: fine-tune (elapsed 0:10, about 0:30 left)"
+    assert lines[5] == "[2/2] 1% labels: fine-tune: done in 0:25"
+    assert lines[6] == "  | 0.01 | 10 | finetune | 70.00 | 95.00 | 0.70M | 25.0 |"

@@ -61,14 +61,14 @@ class Progress:
     passes) and assumes the rest runs at the rate measured so far.
     """
 
-    def __init__(self, steps: list[tuple[str, float]], enabled: bool = True) -> None:
-        self.steps, self.enabled = steps, enabled
-        self.start, self.done, self.index = time.time(), 0.0, 0
+    def __init__(self, steps: list[tuple[str, float]], enabled: bool = True, clock=time.time) -> None:
+        self.steps, self.enabled, self.clock = steps, enabled, clock
+        self.start, self.done, self.index = clock(), 0.0, 0
         self.step_start = self.start
 
     def begin(self) -> None:
         title = self.steps[self.index][0]
-        self.step_start = time.time()
+        self.step_start = self.clock()
         if self.enabled:
             print(f"\n[{self.index + 1}/{len(self.steps)}] {title} ({self.timing()})", flush=True)
 
@@ -77,12 +77,13 @@ class Progress:
         self.done += cost
         self.index += 1
         if self.enabled:
-            print(f"[{self.index}/{len(self.steps)}] {title}: done in {_clock(time.time() - self.step_start)}", flush=True)
+            print(f"[{self.index}/{len(self.steps)}] {title}: done in {_clock(self.clock() - self.step_start)}",
+                  flush=True)
             for line in results_table(list(rows)).splitlines()[2:]:
                 print(f"  {line}", flush=True)
 
     def timing(self) -> str:
-        elapsed = time.time() - self.start
+        elapsed = self.clock() - self.start
         total = sum(c for _, c in self.steps)
         if self.done <= 0 or elapsed <= 0:
             return f"elapsed {_clock(elapsed)}"
