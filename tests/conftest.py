@@ -1,5 +1,6 @@
 """Shared fixtures: small image folders written by the tests themselves, and threads for 2-core CI."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 torch.set_num_threads(1)  # tiny networks: one thread is fastest, and CI has 2 cores
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # so runs keep it (threads=0 respects OMP_NUM_THREADS)
 
 SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-train-jpeg.tar.gz"
 

@@ -76,3 +76,31 @@ def test_throughput_measures_every_path(image_folder):
                 "aug_conventional_files"):
         assert r[key] > 0, key
     assert r["device"].startswith("cpu") and r["batch_size"] == 8
+
+
+def test_quickstart_seeds_writes_ranges(tmp_path, monkeypatch):
+    """One seed of a tiny Quickstart: the JSON holds every cell, the table has one row per label fraction."""
+    import json
+    import os
+
+    seeds = _module("quickstart_seeds")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("SIMCLRV2_TENSORBOARD", "0")
+    monkeypatch.setenv("PYTHONPATH", str(BENCHMARKS.parent / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    tiny = ["image_size=8", "width=0.125", "head_layers=2", "device=cpu", "pretrain.epochs=1", "knn_every=0",
+            "finetune.epochs=1", "supervised.epochs=1", "distill.epochs=1", "label_fractions=0.05,0.2"]
+    summary = seeds.main(["--seeds", "3", "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "s.json"),
+                          "--markdown", str(tmp_path / "s.md"), *tiny])
+    saved = json.loads((tmp_path / "s.json").read_text())
+    assert saved["seeds"] == [3] and "seed=3" in saved["runs"][0]["command"]
+    rows = saved["runs"][0]["rows"]
+    for labels in ("0.05", "0.2"):
+        for stage in ("supervised", "knn", "linear", "finetune", "distill"):
+            top1 = next(r["top1"] for r in rows if r["stage"] == stage and f"{r['labels']:g}" == labels)
+            assert saved["cells"][labels][stage] == {"min": top1, "max": top1, "mean": top1, "n": 1}
+    table = (tmp_path / "s.md").read_text().splitlines()
+    assert table[0].startswith("| labels | labeled images | supervised | kNN | linear | fine-tune | distill")
+    assert table[2].startswith("| 5% | ") and table[3].startswith("| 20% | ") and summary["cells"] == saved["cells"]
+    two = seeds.ranges([{"rows": [{"labels": 0.1, "stage": "knn", "top1": t, "labeled_images": 143}]} for t in (70, 74)])
+    assert two["0.1"]["knn"] == {"min": 70, "max": 74, "mean": 72, "n": 2}
+    assert seeds._span(two["0.1"]["knn"]) == "70.0–74.0"

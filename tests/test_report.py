@@ -96,6 +96,9 @@ def test_write_figures_without_matplotlib(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert report.write_figures(tmp_path, results, splits, "cpu") == []
     assert not list(tmp_path.glob("*.png"))
+    note = report.figures_markdown([])  # what report.md says instead of the figures
+    assert note.startswith("## Figures") and "matplotlib is not installed" in note
+    assert "pip install 'simclrv2[report]'" in note
 
 
 def test_runlog_writes_tensorboard_scalars(tmp_path, monkeypatch):

@@ -13,12 +13,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from simclrv2 import checkpoint, distributed
-from simclrv2.config import Config, ConfigError, from_dict, load_yaml, merge, parse_overrides, preset, preset_names
+import torch
+
+from simclrv2 import __version__, checkpoint, distributed
+from simclrv2.config import (Config, ConfigError, folder_defaults, from_dict, load_yaml, merge, parse_overrides, preset,
+                             preset_names)
 from simclrv2.data.datasets import DATASETS, DataError
 from simclrv2.errors import UserError
+from simclrv2.eval import command as evaluate_command
 from simclrv2.inference import InferenceError, commands as inference_commands
 from simclrv2.official.tf_import import HEAD_INPUTS
+from simclrv2.train import summary
 from simclrv2.train.loop import Interrupted
 
 # The user's to fix: one line and exit code 2. UserError is the base class to subclass; the others
@@ -44,18 +49,23 @@ def errno_name(number: int | None) -> str:
     return errno.errorcode.get(number or 0, "")
 
 
-def _common(p: argparse.ArgumentParser, out_default: str | None = None) -> None:
-    p.add_argument("--preset", choices=preset_names(), help="named hyperparameter preset")
+def _common(p: argparse.ArgumentParser, out_default: str | None = None, run_dir: bool = True) -> None:
+    """Flags shared by the stages; ``run_dir=False`` (evaluate) leaves out what only a training run uses."""
+    if run_dir:
+        p.add_argument("--preset", choices=preset_names(),
+                       help="named hyperparameter preset (default: digits without --data, else folder)")
     p.add_argument("--config", help="YAML config file (applied after the preset)")
     p.add_argument("--data", help="dataset path (torchvision root or ImageFolder tree)")
     p.add_argument("--dataset", choices=DATASETS, help="dataset kind (default: the preset's)")
     p.add_argument("--download", action="store_true", help="let torchvision download the dataset")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--strict", action="store_true", help="fail on unreadable images instead of skipping them")
-    p.add_argument("--out", required=out_default is None, default=out_default, help="run directory")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from RUN_DIR/last (automatic when it holds a checkpoint of the same config)")
-    p.add_argument("--overwrite", action="store_true", help="replace a run of a different config in --out")
+    p.add_argument("--out", required=out_default is None, default=out_default,
+                   help="run directory" if run_dir else "directory for evaluation.json (optional)")
+    if run_dir:
+        p.add_argument("--resume", action="store_true",
+                       help="continue from RUN_DIR/last (automatic when it holds a checkpoint of the same config)")
+        p.add_argument("--overwrite", action="store_true", help="replace a run of a different config in --out")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. epochs=10 lr=0.3")
 
 
@@ -63,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="simclrv2", description="SimCLRv2: contrastive pretraining, few-label fine-tuning and distillation.",
         epilog="Config: --preset, then --config FILE, then key=value overrides (e.g. epochs=10 pretrain.lr=0.3).")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__} (torch {torch.__version__})")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("pretrain", help="contrastive pretraining without labels")
@@ -85,8 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("evaluate", help="kNN and linear evaluation (pretrained) or accuracy (classifier)")
-    p.add_argument("--checkpoint", required=True)
-    _common(p, out_default="")
+    evaluate_command.add_arguments(p)
+    _common(p, out_default="", run_dir=False)
 
     p = sub.add_parser("pipeline", help="pretrain, then fine-tune, distill and a supervised baseline per label fraction")
     p.add_argument("--labels", help="comma-separated label fractions, e.g. 0.01,0.1")
@@ -115,18 +126,17 @@ def _labels_args(p: argparse.ArgumentParser) -> None:
 
 def resolve_config(args: argparse.Namespace, stage: str, base: Config | None = None) -> Config:
     """Preset (or the checkpoint's config), YAML file, flags, overrides; validated."""
-    if args.preset:
-        cfg = preset(args.preset)
-    elif base is not None:
-        cfg = base
-    else:
-        cfg = preset("digits")
+    chosen = getattr(args, "preset", None)
+    name = chosen or (default_preset(args) if base is None else None)
+    cfg = preset(name) if name else base
+    if name == "folder" and args.data:
+        cfg = merge(cfg, _surveyed_folder(args.data, explicit=bool(chosen)), where="folder defaults")
     if args.config:
         cfg = merge(cfg, load_yaml(args.config), where=args.config)
     flags: dict[str, Any] = {}
     if args.data:
         flags.setdefault("data", {})["path"] = args.data
-        if not args.dataset and not args.preset and cfg.data.dataset == "digits":
+        if not args.dataset and cfg.data.dataset == "digits":  # the embedded digits have no path: --data is a folder
             flags["data"]["dataset"] = "folder"
     if args.dataset:
         flags.setdefault("data", {})["dataset"] = args.dataset
@@ -154,55 +164,47 @@ def resolve_config(args: argparse.Namespace, stage: str, base: Config | None = N
     return cfg.validate()
 
 
+def default_preset(args: argparse.Namespace) -> str:
+    """The preset used without ``--preset``: the embedded digits without ``--data``, the CIFAR recipe for
+    torchvision's CIFAR files, and otherwise defaults for photographs (``folder``)."""
+    if not args.data:
+        return "digits"
+    if args.dataset in ("cifar10", "cifar100"):
+        return "cifar10"
+    return "folder"
+
+
+def _surveyed_folder(path: str, explicit: bool) -> dict[str, Any]:
+    """``folder_defaults`` of the images under ``path``, and a line saying what was chosen."""
+    from simclrv2.data.survey import survey_folder
+
+    sides, count = survey_folder(path)
+    values = folder_defaults(sides, count)
+    if values:
+        size, model = values["data"]["image_size"], values["model"]["model"]
+        median = sorted(sides)[len(sides) // 2]
+        how = "--preset folder" if explicit else "--data without --preset"
+        logging.getLogger("simclrv2").info(
+            "%s: folder defaults for %d images (median short side %d px): image_size=%d, %s%s; change them "
+            "with key=value or choose --preset", how, count, median, size, model,
+            ", cifar_stem" if values["model"]["cifar_stem"] else "")
+    return values
+
+
 def _checkpoint_config(path: str) -> Config:
     _, meta = checkpoint.load(path)
     cfg = from_dict(meta["config"])
     return cfg
 
 
+def _say(line: str) -> None:
+    """Print on rank 0 only (under torchrun every rank runs the same command)."""
+    if distributed.current().is_main:
+        print(line)
+
+
 def _print_record(title: str, values: dict[str, Any]) -> None:
-    print(title + ": " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
-                                   for k, v in values.items()))
-
-
-def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    from simclrv2.data import datasets
-    from simclrv2.eval import knn_predict
-    from simclrv2.eval.linear import describe, linear_probe
-    from simclrv2.models.networks import build_network
-    from simclrv2.train.common import evaluate_classifier, infer, resolve_device, topk_accuracy
-
-    cfg = resolve_config(args, "evaluate", _checkpoint_config(args.checkpoint))
-    tensors, meta = checkpoint.load(args.checkpoint)
-    net = build_network(meta["arch"])
-    checkpoint.load_weights(net, tensors, source=args.checkpoint)
-    device = resolve_device(cfg.device)
-    splits = datasets.load(cfg.data, cfg.workers)
-    if splits.val is None or not splits.classes:
-        raise DataError("evaluation needs labeled data with a validation split")
-    results: dict[str, Any] = {"checkpoint": args.checkpoint, "kind": meta["kind"]}
-    if meta["kind"] == "classifier":
-        results["classifier"] = evaluate_classifier(net.to(device), splits.val.images, splits.val.labels, device, cfg.amp)
-    else:
-        encoder = net.encoder.to(device).eval()
-        train_feats = infer(encoder.forward_features, splits.train.images, device, amp=cfg.amp)
-        val_feats = infer(encoder.forward_features, splits.val.images, device, amp=cfg.amp)
-        scores = knn_predict(train_feats, splits.train.labels, val_feats, len(splits.classes),
-                             cfg.pretrain.knn_k, cfg.pretrain.knn_temperature)
-        results["knn"] = topk_accuracy(scores, splits.val.labels)
-        scores = linear_probe(cfg, encoder.forward_features, splits.train.images, splits.train.labels, train_feats,
-                              val_feats, len(splits.classes), device)
-        results["linear"] = {**topk_accuracy(scores, splits.val.labels), "protocol": cfg.eval.linear}
-        results["linear_protocol"] = describe(cfg.eval)
-    for key in ("classifier", "knn", "linear"):
-        if key in results:
-            _print_record(f"linear ({results['linear_protocol']})" if key == "linear" else key, results[key])
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        checkpoint.write_json(out / "evaluation.json", results)
-
-    return results
+    _say(summary.record_line(title, values))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("SIMCLRV2_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun the other ranks only report problems
+    logging.basicConfig(level=logging.INFO if rank0 else logging.WARNING, format="%(levelname)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
         code = inference_commands.run(args)
@@ -222,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
 
             result = pretrain.run(resolve_config(args, "pretrain"), args.out, resume=args.resume,
                                   overwrite=args.overwrite)
-            print(f"checkpoint: {result['checkpoint']}")
+            _say(f"checkpoint: {result['checkpoint']}")
         elif args.command == "finetune":
             from simclrv2.train import classifier
 
@@ -230,22 +233,23 @@ def main(argv: list[str] | None = None) -> int:
             result = classifier.run_finetune(cfg, args.out, args.pretrained, resume=args.resume,
                                              overwrite=args.overwrite)
             _print_record("final", result["final"])
-            print(f"checkpoint: {result['checkpoint']}")
+            _say(f"checkpoint: {result['checkpoint']}")
         elif args.command == "distill":
             from simclrv2.train import distill
 
             cfg = resolve_config(args, "distill", _checkpoint_config(args.teacher))
             result = distill.run(cfg, args.out, args.teacher, resume=args.resume, overwrite=args.overwrite)
             _print_record("final", result["final"])
-            print(f"checkpoint: {result['checkpoint']}")
+            _say(f"checkpoint: {result['checkpoint']}")
         elif args.command == "supervised":
             from simclrv2.train import classifier
 
             result = classifier.run_supervised(resolve_config(args, "supervised"), args.out, resume=args.resume,
                                                overwrite=args.overwrite)
             _print_record("final", result["final"])
+            _say(f"checkpoint: {result['checkpoint']}")
         elif args.command == "evaluate":
-            cmd_evaluate(args)
+            evaluate_command.run(args, resolve_config(args, "evaluate", _checkpoint_config(args.checkpoint)))
         elif args.command == "import-tf":
             from simclrv2.official import tf_import
 

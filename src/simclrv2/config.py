@@ -170,6 +170,7 @@ class Config:
     amp: bool = True  # bf16 autocast on CUDA (never on CPU)
     compile: bool = False  # torch.compile the model (CUDA)
     workers: int = 4  # DataLoader workers of the per-image path and of folder decoding
+    threads: int = 0  # torch CPU threads per process (0: OMP_NUM_THREADS if set, else the physical cores available)
     labels: float | None = 0.1  # labeled fraction of the training split
     labels_per_class: int | None = None  # or a count per class
     labels_file: str | None = None  # or a file listing labeled images, one per line
@@ -200,6 +201,7 @@ class Config:
         _check(0 <= self.seed < 2**63, f"seed must be in [0, 2**63) (got {self.seed})")
         _check(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None,
                f"device {self.device!r} is not a device name; use auto, cpu, cuda or cuda:N")
+        _check(self.threads >= 0, "threads must be >= 0 (0: automatic)")
         from simclrv2.models.registry import list_encoders
 
         _check(self.model.model in list_encoders(),
@@ -300,6 +302,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval": {"epochs": 100, "batch_size": 512, "lr": 0.1, "lr_scaling": "linear", "weight_decay": 0.0},
     },
     "digits": {
+        "threads": 1,  # the network is too small to gain from more, and one thread repeats a run exactly
         "labels": 0.1,
         "label_fractions": [0.01, 0.1],
         "data": {"dataset": "digits", "image_size": 8, "val_fraction": 0.2},
@@ -317,6 +320,42 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval": {"epochs": 90, "batch_size": 256, "lr": 0.1, "lr_scaling": "linear", "weight_decay": 0.0},
     },
 }
+
+
+# Photographs in a folder of your own (``--data DIR`` without ``--preset``): SimCLR's augmentation at
+# full colour strength, a CIFAR-like small-batch recipe, and the resolution and network that
+# ``folder_defaults`` picks from the images found (the 96 px here is used only when no folder is known).
+PRESETS["folder"] = {
+    "data": {"dataset": "folder", "image_size": 96, "val_fraction": 0.1},
+    "model": {"model": "resnet18", "width": 1.0, "cifar_stem": False},
+    "aug": {"color_strength": 1.0, "blur": None, "min_scale": 0.08, "flip": 0.5},
+    "pretrain": {"epochs": 200, "batch_size": 256, "lr": 0.075, "lr_scaling": "sqrt",
+                 "warmup_epochs": 10, "weight_decay": 1e-4, "temperature": 0.2, "knn_every": 10, "knn_k": 20},
+    "finetune": {"epochs": 60, "batch_size": 64, "lr": 0.005, "lr_scaling": "sqrt", "weight_decay": 0.0},
+    "distill": {"epochs": 100, "batch_size": 256, "lr": 0.075, "lr_scaling": "sqrt",
+                "warmup_epochs": 5, "weight_decay": 1e-4, "temperature": 1.0, "alpha": 1.0},
+    "supervised": {"epochs": 100, "batch_size": 64, "lr": 0.1, "lr_scaling": "linear",
+                   "optimizer": "sgd", "weight_decay": 5e-4},
+}
+
+FOLDER_MAX_SIZE = 224  # the paper's resolution: larger photographs are downscaled to it
+FOLDER_LARGE = 50_000  # from this many images at 96 px and more, ResNet-50 (the paper's smallest model)
+
+
+def folder_defaults(short_sides: list[int], num_images: int) -> dict[str, Any]:
+    """Resolution and network for a folder of ``num_images`` whose sampled images have these short sides.
+
+    ``image_size``: the median short side, at most 224 px, rounded down to a multiple of 8 (never
+    upsampled beyond what the images hold); a CIFAR stem (3x3, no max-pool) below 64 px, where the
+    ImageNet stem would shrink the image 4x before the first block; ResNet-50 for ImageNet-sized
+    folders of 96 px and more, ResNet-18 otherwise.
+    """
+    if not short_sides:
+        return {}
+    median = sorted(short_sides)[len(short_sides) // 2]
+    size = max(8, min(median, FOLDER_MAX_SIZE) // 8 * 8)
+    model = "resnet50" if num_images >= FOLDER_LARGE and size >= 96 else "resnet18"
+    return {"data": {"image_size": size}, "model": {"model": model, "cifar_stem": size < 64}}
 
 
 def preset_names() -> list[str]:

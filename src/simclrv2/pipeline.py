@@ -17,9 +17,10 @@ from simclrv2.config import Config, EvalConfig
 from simclrv2.data import datasets
 from simclrv2.eval import knn_predict
 from simclrv2.eval.linear import describe, linear_probe
-from simclrv2.models.networks import build_network
-from simclrv2.train import classifier, distill, pretrain
-from simclrv2.train.common import infer, resolve_device, topk_accuracy
+from simclrv2.models.networks import build_network, build_pretrain_model
+from simclrv2.train import classifier, distill, pretrain, summary
+from simclrv2.train.common import count_params, infer, resolve_device, topk_accuracy
+from simclrv2.train.runtime import configure_threads
 
 STAGE_ORDER = ("supervised", "knn", "linear", "finetune", "distill")
 
@@ -55,35 +56,121 @@ def frozen_eval(cfg: Config, pretrained: Path, splits: datasets.Splits, labeled_
             {"stage": "linear", **linear, "params": params, "seconds": feature_seconds + time.time() - lin_start}]
 
 
+class Progress:
+    """What a person watching the pipeline sees: ``[k/n] title`` before each step with the elapsed time
+    and an estimate of the time left, and each result row as soon as its step is done (rank 0 only).
+
+    The estimate weighs each step by the images it will push through the network (epochs x images x
+    passes) and assumes the rest runs at the rate measured so far.
+    """
+
+    def __init__(self, steps: list[tuple[str, float]], enabled: bool = True, clock=time.time) -> None:
+        self.steps, self.enabled, self.clock = steps, enabled, clock
+        self.start, self.done, self.index = clock(), 0.0, 0
+        self.step_start = self.start
+
+    def begin(self) -> None:
+        title = self.steps[self.index][0]
+        self.step_start = self.clock()
+        if self.enabled:
+            print(f"\n[{self.index + 1}/{len(self.steps)}] {title} ({self.timing()})", flush=True)
+
+    def end(self, rows: list[dict[str, Any]] = ()) -> None:
+        title, cost = self.steps[self.index]
+        self.done += cost
+        self.index += 1
+        if self.enabled:
+            print(f"[{self.index}/{len(self.steps)}] {title}: done in {_clock(self.clock() - self.step_start)}",
+                  flush=True)
+            for line in results_table(list(rows)).splitlines()[2:]:
+                print(f"  {line}", flush=True)
+
+    def timing(self) -> str:
+        elapsed = self.clock() - self.start
+        total = sum(c for _, c in self.steps)
+        if self.done <= 0 or elapsed <= 0:
+            return f"elapsed {_clock(elapsed)}"
+        left = elapsed / self.done * (total - self.done)
+        return f"elapsed {_clock(elapsed)}, about {_clock(left)} left"
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
+        f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def plan(cfg: Config, splits: datasets.Splits) -> list[tuple[str, float]]:
+    """The steps of the pipeline with their relative cost: images through the network, forward = 1,
+    training step = 3 (forward and backward), two views when pretraining."""
+    n, n_val = len(splits.pretrain_images()), len(splits.val)
+    knn = cfg.pretrain.epochs // cfg.pretrain.knn_every * (len(splits.train) + n_val) if cfg.pretrain.knn_every else 0
+    steps = [("pretrain", cfg.pretrain.epochs * n * 6 + knn)]
+    for fraction in cfg.label_fractions:
+        labeled = max(len(splits.classes), fraction * len(splits.train))
+        tag = f"{100 * fraction:g}% labels"
+        steps += [(f"{tag}: supervised baseline", cfg.supervised.epochs * (labeled * 3 + n_val)),
+                  (f"{tag}: fine-tune", cfg.finetune.epochs * (labeled * 3 + n_val)),
+                  (f"{tag}: kNN and linear probes", labeled + n_val),
+                  (f"{tag}: distill", cfg.distill.epochs * (n * 4 + n_val))]
+    return steps
+
+
 def run(cfg: Config, out_dir: str | Path, show_progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Run every stage; write ``results.json`` and ``report.md`` in ``out_dir``; return the results."""
     out = Path(out_dir)
     total_start = time.time()
+    configure_threads(cfg.threads)
+    world = distributed.init(cfg.device)
     splits = datasets.load(cfg.data, cfg.workers)
     if splits.val is None or not splits.classes:
         raise datasets.DataError("the pipeline needs labeled data with a validation split")
     out.mkdir(parents=True, exist_ok=True)  # only once the data is known to be usable
+    steps = plan(cfg, splits)
+    summary.show("pipeline", cfg, splits, cfg.model, count_params(build_pretrain_model(cfg.model)),
+                 resolve_device(cfg.device), world.size, out, is_main=world.is_main, enabled=show_progress,
+                 steps=f"{len(steps)}: pretrain, then for " + ", ".join(f"{100 * f:g}%" for f in cfg.label_fractions)
+                 + " of the labels: supervised baseline, fine-tune, kNN and linear probes, distill")
+    progress = Progress(steps, show_progress and world.is_main)
 
+    progress.begin()
     pre = pretrain.run(cfg, out / "pretrain", splits, show_progress, overwrite=overwrite)
+    progress.end()
     pretrained = out / "pretrain" / "last"
     rows: list[dict[str, Any]] = []
     for fraction in cfg.label_fractions:
         c = copy.deepcopy(cfg)
         c.labels, c.labels_per_class, c.labels_file = fraction, None, None
         tag = out / f"labels_{fraction:g}"
-        sup = classifier.run_supervised(c, tag / "supervised", splits, show_progress, overwrite=overwrite)
-        ft = classifier.run_finetune(c, tag / "finetune", pretrained, splits, show_progress, overwrite=overwrite)
-        labeled = sum(1 for _ in open(tag / "finetune" / "labeled.txt"))
-        frozen = frozen_eval(c, pretrained, splits, tag / "finetune" / "labeled.txt")
-        ds = distill.run(c, tag / "distill", tag / "finetune" / "last", splits, show_progress,
-                        overwrite=overwrite)
-        common = {"labels": fraction, "labeled_images": labeled}
-        for stage, result in (("supervised", sup), ("finetune", ft), ("distill", ds)):
+
+        def stage_row(stage: str, result: dict[str, Any]) -> dict[str, Any]:
             final = result["final"]
-            rows.append({"stage": stage, **common, "top1": final.get("val_top1"), "top5": final.get("val_top5"),
-                         "best_top1": result["best"].get("val_top1"), "params": result["params"],
-                         "seconds": result["seconds"], "checkpoint": str(tag / stage / "last")})
-        rows.extend({**r, **common} for r in frozen)
+            labeled_file = tag / stage / "labeled.txt"
+            if not labeled_file.is_file():  # distillation uses the teacher's labels, if any
+                labeled_file = tag / "finetune" / "labeled.txt"
+            labeled = sum(1 for _ in open(labeled_file))
+            row = {"stage": stage, "labels": fraction, "labeled_images": labeled, "top1": final.get("val_top1"),
+                   "top5": final.get("val_top5"), "best_top1": result["best"].get("val_top1"),
+                   "params": result["params"], "seconds": result["seconds"], "checkpoint": str(tag / stage / "last")}
+            rows.append(row)
+            return row
+
+        progress.begin()
+        sup = classifier.run_supervised(c, tag / "supervised", splits, show_progress, overwrite=overwrite)
+        progress.end([stage_row("supervised", sup)])
+        progress.begin()
+        ft = classifier.run_finetune(c, tag / "finetune", pretrained, splits, show_progress, overwrite=overwrite)
+        progress.end([stage_row("finetune", ft)])
+        progress.begin()
+        labeled = sum(1 for _ in open(tag / "finetune" / "labeled.txt"))
+        frozen = [{**r, "labels": fraction, "labeled_images": labeled}
+                  for r in frozen_eval(c, pretrained, splits, tag / "finetune" / "labeled.txt")]
+        rows.extend(frozen)
+        progress.end(frozen)
+        progress.begin()
+        ds = distill.run(c, tag / "distill", tag / "finetune" / "last", splits, show_progress,
+                         overwrite=overwrite)
+        progress.end([stage_row("distill", ds)])
     rows.sort(key=lambda r: (r["labels"], STAGE_ORDER.index(r["stage"])))
     last = pre["history"][-1] if pre["history"] else {}
     results = {

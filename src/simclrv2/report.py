@@ -262,9 +262,7 @@ def _guard(what: str, draw: Callable[[], Any]) -> Any:
 def write_figures(out_dir: Path, results: dict[str, Any], splits: Splits, device: torch.device | str = "cpu"
                   ) -> list[Path]:
     """Draw the report's figures into ``out_dir``; return the PNGs written ([] without matplotlib)."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
+    if not have_matplotlib():
         log.warning("report: matplotlib is not installed (pip install 'simclrv2[report]'): no figures")
         return []
     out_dir = Path(out_dir)
@@ -277,10 +275,24 @@ def write_figures(out_dir: Path, results: dict[str, Any], splits: Splits, device
     return [p for p in paths if p is not None]
 
 
+MISSING_MATPLOTLIB = ("## Figures\n\nNot drawn: matplotlib is not installed. `pip install 'simclrv2[report]'` "
+                     "(or `pip install matplotlib`), then run the same command again: the finished stages are "
+                     "reused and only the report and its figures are made.\n")
+
+
+def have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def figures_markdown(paths: Sequence[Path]) -> str:
-    """A ``## Figures`` section linking the PNGs (relative to report.md, which lies beside them)."""
+    """A ``## Figures`` section linking the PNGs (relative to report.md, which lies beside them), or
+    saying how to get them when matplotlib is missing."""
     if not paths:
-        return ""
+        return "" if have_matplotlib() else MISSING_MATPLOTLIB
     lines = ["## Figures", ""]
     for p in paths:
         p = Path(p)

@@ -23,6 +23,7 @@ from simclrv2.models.networks import arch_of, build_network, classifier_from
 from simclrv2 import distributed
 from simclrv2.train.common import (Runtime, autocast, count_params, evaluate_classifier, make_stepper, start,
                                    steps_per_epoch)
+from simclrv2.train import summary
 from simclrv2.train.loop import Stage, fit
 from simclrv2.train.rundir import RunDir, open_run
 
@@ -38,6 +39,15 @@ def select_labeled(cfg: Config, train: datasets.ImageSet) -> Tensor:
     subsets.check_covers_classes(train.labels, chosen, train.classes)
     subsets.check_listable(train.names, chosen)
     return chosen
+
+
+def labeled_how(cfg: Config) -> str:
+    """How the labeled subset was chosen, in words."""
+    if cfg.labels_file:
+        return f"listed in {cfg.labels_file}"
+    if cfg.labels_per_class is not None:
+        return f"{cfg.labels_per_class} per class, seed {cfg.seed}"
+    return f"{100 * (cfg.labels if cfg.labels is not None else 1.0):g}% per class, seed {cfg.seed}"
 
 
 def labeled_subset(cfg: Config, splits: datasets.Splits) -> tuple[datasets.ImageSet, Tensor]:
@@ -58,7 +68,8 @@ def _start_run(run_dir: RunDir, names: list[str], chosen: Tensor) -> None:
 def train_classifier(model: nn.Module, net: nn.Module, labeled: datasets.ImageSet, val: datasets.ImageSet | None,
                      section: OptimConfig, cfg: Config, out: Path, stage_name: str, meta: dict[str, Any],
                      rt: Runtime, resume: bool = False, show_progress: bool = True,
-                     before_fit: Callable[[], None] | None = None) -> dict[str, Any]:
+                     before_fit: Callable[[], None] | None = None,
+                     splits: datasets.Splits | None = None) -> dict[str, Any]:
     """Cross-entropy training of ``model`` (``net`` unwrapped) on ``labeled``; best/last checkpoints.
     ``before_fit`` runs once everything is set up and checked, just before the first step."""
     device = rt.device
@@ -68,6 +79,9 @@ def train_classifier(model: nn.Module, net: nn.Module, labeled: datasets.ImageSe
     batch = rt.global_batch(section.batch_size, n)
     stepper = make_stepper(model, section, steps_per_epoch(n, batch, drop_last=False), batch, device)
     views = ViewMaker.for_finetuning(cfg, device, seed=rt.rank_seed(2))
+    summary.show(stage_name, cfg, splits, meta["arch"], count_params(net), device, rt.world.size, out, section, batch,
+                 stepper.peak_lr, steps_per_epoch(n, batch, False), is_main=rt.world.is_main, enabled=show_progress,
+                 labeled=f"{n:,} images ({labeled_how(cfg)})", start=meta.get("pretrained", "random initialisation"))
     stage = Stage(stage_name, out, net, stepper, meta, n, batch, section.epochs, drop_last=False, order=rt.order,
                   generators={"augment": views.generator}, is_main=rt.world.is_main,
                   shard=distributed.shard(rt.world), feeds=[images])
@@ -121,7 +135,8 @@ def run_finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path, split
             "arch": arch_of(cfg.model, len(splits.classes), cfg.model.ft_layer), "image_size": cfg.data.image_size,
             "pretrained": str(pretrained), "labeled": len(labeled), "params": count_params(net)}
     return train_classifier(model, net, labeled, splits.val, cfg.finetune, cfg, run_dir.path, "finetune", meta, rt,
-                            run_dir.resume, show_progress, lambda: _start_run(run_dir, splits.train.names, chosen))
+                            run_dir.resume, show_progress, lambda: _start_run(run_dir, splits.train.names, chosen),
+                            splits)
 
 
 def run_supervised(cfg: Config, out_dir: str | Path, splits: datasets.Splits | None = None,
@@ -136,7 +151,8 @@ def run_supervised(cfg: Config, out_dir: str | Path, splits: datasets.Splits | N
     meta = {"stage": "supervised", "kind": "classifier", "config": cfg.to_dict(), "classes": splits.classes,
             "arch": arch, "image_size": cfg.data.image_size, "labeled": len(labeled), "params": count_params(net)}
     return train_classifier(model, net, labeled, splits.val, cfg.supervised, cfg, run_dir.path, "supervised", meta,
-                            rt, run_dir.resume, show_progress, lambda: _start_run(run_dir, splits.train.names, chosen))
+                            rt, run_dir.resume, show_progress, lambda: _start_run(run_dir, splits.train.names, chosen),
+                            splits)
 
 
 def load_classifier(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:

@@ -1,19 +1,16 @@
-"""What every training stage shares: device, seeding, one autocast context, one optimizer-step helper,
-batch sampling, batched inference, metrics logging and the progress bar. (Run directories: :mod:`.rundir`.)"""
+"""What every training stage shares: one optimizer-step helper, batch sampling, batched inference,
+metrics logging and the progress bar. Where a stage runs (device, threads, seeding, autocast) is
+:mod:`simclrv2.train.runtime`, re-exported here. (Run directories: :mod:`.rundir`.)"""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import random
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -23,95 +20,12 @@ from simclrv2.data.feed import chunks
 from simclrv2.data.files import FileImages
 from simclrv2.errors import NonFiniteError
 from simclrv2.optim import build_optimizer, lr_at, scaled_lr
+from simclrv2.train.runtime import (Runtime, autocast, prepare_model, resolve_device, seed_everything,  # noqa: F401
+                                    setup_backend, start)
 
 
 class NonFiniteLossError(NonFiniteError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device {name!r} is not a device name; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} asked for, but CUDA is not available here; use --device cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"device {name!r} asked for, but this machine has {torch.cuda.device_count()} GPU(s)")
-    return device
-
-
-@dataclass
-class Runtime:
-    """Where a stage runs: this process's rank in the world, its device, and the epoch order."""
-
-    world: distributed.World
-    device: torch.device
-    order: torch.Generator  # shuffles epochs; seeded alike on every rank
-    seed: int
-
-    def rank_seed(self, offset: int) -> int:
-        """A seed of its own for each rank and purpose (augmentation differs across ranks)."""
-        return self.seed + offset + 1000 * self.world.rank
-
-    def wrap(self, net: nn.Module, compile: bool = False) -> nn.Module:
-        """The network on this device, with global BatchNorm and DDP across ranks, optionally compiled."""
-        return distributed.wrap(prepare_model(net, self.device, compile), self.world, self.device)
-
-    def global_batch(self, batch_size: int, n: int) -> int:
-        """The configured (global) batch, capped at the data size and divisible by the world size (a
-        configured batch that does not divide is refused, not silently reduced)."""
-        if batch_size % self.world.size:
-            raise ConfigError(f"batch_size={batch_size} is the global batch and must be divisible by the "
-                              f"{self.world.size} processes of this torchrun; choose a multiple of {self.world.size}")
-        batch = min(batch_size, n)
-        batch -= batch % self.world.size
-        if batch < self.world.size:
-            raise ValueError(f"{n} images cannot be split over {self.world.size} processes")
-        return batch
-
-
-def start(cfg: Config) -> Runtime:
-    """Join the torchrun process group if there is one, pick the device, seed everything."""
-    world = distributed.init(cfg.device)
-    device = distributed.device_for(world, cfg.device) if world.distributed else resolve_device(cfg.device)
-    setup_backend(device)
-    return Runtime(world, device, seed_everything(cfg.seed), cfg.seed)
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
-
-
-def setup_backend(device: torch.device) -> None:
-    """Fast defaults on CUDA (cuDNN autotuning, TF32); nothing to do on CPU."""
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-
-def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; plain float32 elsewhere (CPU bf16 is slower and less accurate)."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def prepare_model(model: nn.Module, device: torch.device, compile: bool = False) -> nn.Module:
-    """Move to the device, channels_last on CUDA, and ``torch.compile`` when asked for on CUDA (on a CPU
-    the compile time outweighs the gain for these short runs, so the flag is ignored there)."""
-    model = model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-        if compile:
-            model = torch.compile(model)
-    return model
 
 
 class Stepper:

@@ -19,6 +19,7 @@ from simclrv2.models.networks import arch_of, build_network
 from simclrv2.train.classifier import load_classifier, select_labeled
 from simclrv2.train.common import (autocast, count_params, evaluate_classifier, make_stepper, prepare_model, start,
                                    steps_per_epoch)
+from simclrv2.train import summary
 from simclrv2.train.loop import Stage, fit
 from simclrv2.train.rundir import open_run
 
@@ -80,6 +81,9 @@ def run(cfg: Config, out_dir: str | Path, teacher_path: str | Path, splits: data
             "params": count_params(net)}
     if splits.val is not None:
         meta["teacher_val"] = evaluate_classifier(teacher, splits.val.images, splits.val.labels, device, cfg.amp)
+    summary.show("distill", cfg, splits, arch, count_params(net), device, rt.world.size, out, d, batch, stepper.peak_lr,
+                 steps_per_epoch(n, batch, True), is_main=rt.world.is_main, enabled=show_progress,
+                 teacher=f"{teacher_path} ({teacher_meta['arch']['model']} x{teacher_meta['arch']['width']:g})")
     stage = Stage("distill", out, net, stepper, meta, n, batch, d.epochs, drop_last=True, order=rt.order,
                   generators={"augment": views.generator}, is_main=rt.world.is_main,
                   shard=distributed.shard(rt.world), feeds=[images])

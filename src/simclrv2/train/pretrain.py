@@ -18,6 +18,7 @@ from simclrv2.models.networks import SimCLRModel, arch_of, build_pretrain_model
 from simclrv2 import distributed
 from simclrv2.train.common import autocast, count_params, infer, make_stepper, start, steps_per_epoch, topk_accuracy
 from simclrv2.train.memory import MemoryQueue, MovingAverage, capped_size
+from simclrv2.train import summary
 from simclrv2.train.loop import Stage, fit
 from simclrv2.train.rundir import open_run
 
@@ -69,6 +70,8 @@ def run(cfg: Config, out_dir: str | Path, splits: datasets.Splits | None = None,
         stateful = {"ema": ema, "queue": queue}
     meta = {"stage": "pretrain", "kind": "pretrain", "arch": arch_of(cfg.model), "config": cfg.to_dict(),
             "classes": splits.classes, "image_size": cfg.data.image_size, "params": count_params(net)}
+    summary.show("pretrain", cfg, splits, cfg.model, count_params(net), rt.device, rt.world.size, out, s, batch,
+                 stepper.peak_lr, steps_per_epoch(n, batch, True), is_main=rt.world.is_main, enabled=show_progress)
     stage = Stage("pretrain", out, net, stepper, meta, n, batch, s.epochs, drop_last=True, order=rt.order,
                   generators={"augment": views.generator}, stateful=stateful, is_main=rt.world.is_main,
                   shard=distributed.shard(rt.world), feeds=[images])

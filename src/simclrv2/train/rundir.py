@@ -33,7 +33,7 @@ except ImportError:  # not POSIX: no lock
 
 RUN_FILE, LOCK_FILE = "run.json", ".lock"
 RUN_FILES = ("metrics.jsonl", "config.yaml", RUN_FILE, "labeled.txt")  # removed with the run by --overwrite
-IGNORED_FOR_RESUME = ("device", "workers")
+IGNORED_FOR_RESUME = ("device", "workers", "threads")
 READING_KEYS = ("on_device", "stream", "memory_gb", "decode")  # where images are read from, not what is computed
 STAGE_SECTIONS = ("pretrain", "finetune", "distill", "supervised", "eval")
 LABEL_KEYS = ("labels", "labels_per_class", "labels_file", "label_fractions")

@@ -1,0 +1,143 @@
+"""The ``evaluate`` subcommand: top-1/top-5 of a classifier, or kNN and linear evaluation of a
+pretrained encoder, on the checkpoint's data or on a labeled folder of your own.
+
+A classifier's outputs are matched to the folder's classes **by name** (a folder may hold any subset
+of the checkpoint's classes, in any order); a folder with classes the checkpoint does not know is
+refused unless ``--allow-unknown-classes``, which leaves those images out. The checkpoint's own data
+is scored on its validation split; other data as a whole (``--split`` chooses).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from simclrv2 import checkpoint
+from simclrv2.config import Config, DataConfig, from_dict
+from simclrv2.data import datasets
+from simclrv2.data.errors import DataError
+from simclrv2.data.files import FileImages
+from simclrv2.train import summary
+
+SPLITS = ("auto", "val", "train", "all")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``evaluate`` beyond the shared ones."""
+    p.add_argument("--checkpoint", required=True, help="pretrain or classifier checkpoint, e.g. RUN_DIR/best")
+    p.add_argument("--split", choices=SPLITS, default="auto",
+                   help="images scored: val, train or all of the data (auto: the validation split of the "
+                        "checkpoint's own data, every image of other data)")
+    p.add_argument("--allow-unknown-classes", action="store_true",
+                   help="score a folder holding classes the classifier does not know, leaving those images out")
+
+
+def is_other_data(saved: DataConfig, current: DataConfig) -> bool:
+    """Whether ``current`` points at other data than the checkpoint was trained on."""
+    def where(d: DataConfig) -> Path | None:
+        return Path(d.path).expanduser().resolve() if d.path else None
+
+    return saved.dataset != current.dataset or where(saved) != where(current)
+
+
+def class_index(data_classes: list[str], model_classes: list[str]) -> tuple[Tensor, list[str]]:
+    """For each data class, its index among the model's classes (-1: unknown); and the unknown names."""
+    position = {name: i for i, name in enumerate(model_classes)}
+    index = torch.tensor([position.get(name, -1) for name in data_classes], dtype=torch.long)
+    return index, [name for name in data_classes if name not in position]
+
+
+def select(splits: datasets.Splits, split: str) -> datasets.ImageSet:
+    """The labeled images of ``split``: ``val``, ``train`` or ``all`` (both together)."""
+    if split == "train" or (split == "all" and splits.val is None):
+        return splits.train
+    if split == "val":
+        if splits.val is None:
+            raise DataError("the data has no validation split")
+        return splits.val
+    train, val = splits.train, splits.val
+    images = train.images.concat(val.images) if isinstance(train.images, FileImages) else \
+        torch.cat([train.images, val.images])
+    return datasets.ImageSet(images, torch.cat([train.labels, val.labels]), train.names + val.names, train.classes)
+
+
+def run(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
+    """Evaluate ``args.checkpoint`` on the data of ``cfg``; print and (with ``--out``) save the results."""
+    from simclrv2.eval import knn_predict
+    from simclrv2.eval.linear import describe, linear_probe
+    from simclrv2.models.networks import build_network
+    from simclrv2.train.common import count_params, evaluate_classifier, infer, resolve_device, topk_accuracy
+    from simclrv2.train.runtime import configure_threads
+
+    tensors, meta = checkpoint.load(args.checkpoint)
+    net = build_network(meta["arch"])
+    checkpoint.load_weights(net, tensors, source=args.checkpoint)
+    configure_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    other = is_other_data(from_dict(meta["config"]).data, cfg.data)
+    splits = datasets.load(cfg.data, cfg.workers)
+    if not splits.classes:
+        raise DataError("evaluation needs labeled data: a folder with one sub-folder per class")
+    classifier = meta["kind"] == "classifier"
+    split = args.split if args.split != "auto" else ("all" if other and classifier else "val")
+    results: dict[str, Any] = {"checkpoint": args.checkpoint, "kind": meta["kind"], "split": split,
+                               "other_data": other}
+    if classifier:
+        images = select(splits, split)
+        index, unknown = class_index(splits.classes, meta["classes"])
+        if unknown and not args.allow_unknown_classes:
+            raise DataError(f"the data has {len(unknown)} class(es) the checkpoint does not know: "
+                            f"{', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''} (its classes: "
+                            f"{', '.join(meta['classes'][:10])}{', ...' if len(meta['classes']) > 10 else ''}); "
+                            f"pass --allow-unknown-classes to score the other images")
+        labels = index[images.labels]
+        keep = (labels >= 0).nonzero().flatten()
+        results.update(images=len(keep), classes=len(splits.classes) - len(unknown),
+                       skipped_unknown=len(images) - len(keep), unknown_classes=unknown)
+        if not len(keep):
+            raise DataError("none of the images belongs to a class the checkpoint knows")
+        images = images.subset(keep)
+        summary.show("evaluate", cfg, splits, meta["arch"], count_params(net), device, 1, args.out or None,
+                     checkpoint=args.checkpoint, scored=_scored(split, other, len(keep), results))
+        results["classifier"] = evaluate_classifier(net.to(device), images.images, labels[keep], device, cfg.amp)
+    else:
+        if split == "all":
+            raise DataError("kNN and linear evaluation need the training split as labeled bank: use --split val")
+        queries = select(splits, split)
+        k = min(cfg.pretrain.knn_k, len(splits.train))
+        results.update(images=len(queries), classes=len(splits.classes), knn_k=k, bank=len(splits.train))
+        summary.show("evaluate", cfg, splits, meta["arch"], count_params(net), device, 1, args.out or None,
+                     checkpoint=args.checkpoint, scored=_scored(split, other, len(queries), results),
+                     knn=f"k={k} nearest of {len(splits.train):,} training images (cosine, "
+                         f"temperature {cfg.pretrain.knn_temperature:g}); linear: {describe(cfg.eval)}")
+        encoder = net.encoder.to(device).eval()
+        train_feats = infer(encoder.forward_features, splits.train.images, device, amp=cfg.amp)
+        val_feats = infer(encoder.forward_features, queries.images, device, amp=cfg.amp)
+        scores = knn_predict(train_feats, splits.train.labels, val_feats, len(splits.classes), k,
+                             cfg.pretrain.knn_temperature)
+        results["knn"] = topk_accuracy(scores, queries.labels)
+        scores = linear_probe(cfg, encoder.forward_features, splits.train.images, splits.train.labels, train_feats,
+                              val_feats, len(splits.classes), device)
+        results["linear"] = {**topk_accuracy(scores, queries.labels), "protocol": cfg.eval.linear}
+        results["linear_protocol"] = describe(cfg.eval)
+    for key in ("classifier", "knn", "linear"):
+        if key in results:
+            title = f"linear ({results['linear_protocol']})" if key == "linear" else key
+            print(summary.record_line(title, results[key]))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        checkpoint.write_json(out / "evaluation.json", results)
+    return results
+
+
+def _scored(split: str, other: bool, count: int, results: dict[str, Any]) -> str:
+    what = {"val": "the validation split", "train": "the training split", "all": "every image"}[split]
+    line = f"{count:,} images: {what} of {'other data than' if other else 'the data of'} the checkpoint"
+    if results.get("skipped_unknown"):
+        line += f" ({results['skipped_unknown']:,} images of unknown classes left out)"
+    return line
