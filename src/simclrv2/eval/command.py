@@ -20,7 +20,6 @@ from simclrv2 import checkpoint
 from simclrv2.config import Config, DataConfig, from_dict
 from simclrv2.data import datasets
 from simclrv2.data.errors import DataError
-from simclrv2.data.files import FileImages
 from simclrv2.train import summary
 
 SPLITS = ("auto", "val", "train", "all")
@@ -60,7 +59,7 @@ def select(splits: datasets.Splits, split: str) -> datasets.ImageSet:
             raise DataError("the data has no validation split")
         return splits.val
     train, val = splits.train, splits.val
-    images = train.images.concat(val.images) if isinstance(train.images, FileImages) else \
+    images = train.images.concat(val.images) if hasattr(train.images, "concat") else \
         torch.cat([train.images, val.images])
     return datasets.ImageSet(images, torch.cat([train.labels, val.labels]), train.names + val.names, train.classes)
 
