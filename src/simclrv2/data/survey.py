@@ -27,6 +27,6 @@ def survey_folder(root: str | Path, sample: int = 256) -> tuple[list[int], int]:
         try:
             with Image.open(f) as im:
                 sides.append(min(im.size))
-        except (OSError, ValueError):
+        except (OSError, ValueError, Image.DecompressionBombError):  # the loader reports these files
             continue
     return sides, len(files)
