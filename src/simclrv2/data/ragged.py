@@ -61,11 +61,6 @@ class RaggedImages:
         index = torch.as_tensor(index, dtype=torch.long).reshape(-1).tolist()
         return RaggedImages.stack([self.image(i) for i in index], self.size)
 
-    def concat(self, other: "RaggedImages") -> "RaggedImages":
-        """These images followed by ``other``'s, in a new buffer."""
-        return RaggedImages.stack([self.image(i) for i in range(len(self))] +
-                                  [other.image(i) for i in range(len(other))], self.size)
-
     def __getitem__(self, index: int | slice | Tensor | Sequence[int]):
         if isinstance(index, int):
             return self.image(index)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from simclrv2 import distributed
-from simclrv2.config import Config, ConfigError, OptimConfig
+from simclrv2.config import OptimConfig
 from simclrv2.data.feed import chunks
 from simclrv2.data.files import FileImages
 from simclrv2.errors import NonFiniteError
