@@ -196,7 +196,7 @@ def test_streamed_pretraining_resumes_mid_epoch_exactly(tmp_path, monkeypatch):
     import signal
 
     from simclrv2 import checkpoint
-    from simclrv2.train.common import Stepper
+    from simclrv2.train.stepper import Stepper
     from simclrv2.train.loop import Interrupted
 
     root = _png_folder(tmp_path / "png")

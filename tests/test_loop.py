@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from simclrv2 import checkpoint
-from simclrv2.train.common import NonFiniteLossError, Stepper
+from simclrv2.train.stepper import NonFiniteLossError, Stepper
 from simclrv2.train.loop import Stage, fit
 
 

@@ -4,7 +4,6 @@ copy's cap, and bad input (tiny, 1:10, greyscale, CMYK, 16-bit, palette with tra
 rotation, decompression bombs)."""
 
 import logging
-import math
 import struct
 import zlib
 
@@ -18,7 +17,7 @@ from torchvision.transforms.v2 import functional as TF
 from simclrv2.config import build_config
 from simclrv2.data import datasets
 from simclrv2.data.errors import DataError
-from simclrv2.data.feed import BatchFeed, chunks
+from simclrv2.data.feed import chunks
 from simclrv2.data.files import UnreadableImage, cap_size, decode_file, eval_crop, fit_short_side
 from simclrv2.data.gpu_augment import random_resized_crop, resized_crop_ragged, sample_crop_boxes
 from simclrv2.data.ragged import RaggedImages

@@ -12,7 +12,7 @@ import torch
 from simclrv2 import checkpoint, report
 from simclrv2.data.datasets import ImageSet, Splits
 from simclrv2.tracking import TensorBoardLog
-from simclrv2.train.common import RunLog
+from simclrv2.train.runlog import RunLog
 from test_inference import DIGITS, save_tiny
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 
 from simclrv2.cli import main
 from simclrv2.config import preset
 from simclrv2.data.datasets import ImageSet, Splits
 from simclrv2.models.networks import build_pretrain_model
-from simclrv2.train.common import count_params
+from simclrv2.train.summary import count_params
 from simclrv2.train.summary import describe, format_block
 
 TINY = ["image_size=8", "width=0.125", "head_layers=2", "knn_every=0", "device=cpu"]

@@ -69,7 +69,10 @@ def run(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
     from simclrv2.eval import knn_predict
     from simclrv2.eval.linear import describe, linear_probe
     from simclrv2.models.networks import build_network
-    from simclrv2.train.common import count_params, evaluate_classifier, infer, resolve_device, topk_accuracy
+    from simclrv2.train.summary import count_params
+    from simclrv2.eval.metrics import evaluate_classifier, topk_accuracy
+    from simclrv2.inference.batched import infer
+    from simclrv2.train.runtime import resolve_device
     from simclrv2.train.runtime import configure_threads
 
     tensors, meta = checkpoint.load(args.checkpoint)

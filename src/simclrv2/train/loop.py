@@ -22,7 +22,9 @@ from torch import Tensor, nn
 
 from simclrv2 import checkpoint
 from simclrv2.errors import NonFiniteError
-from simclrv2.train.common import RunLog, Stepper, epoch_batches, progress, steps_per_epoch
+from simclrv2.train.runlog import RunLog, progress
+from simclrv2.train.stepper import Stepper
+from simclrv2.train.batching import epoch_batches, steps_per_epoch
 
 
 class Interrupted(RuntimeError):

@@ -15,6 +15,11 @@ from simclrv2.config import Config, OptimConfig
 from simclrv2.data.datasets import Splits
 
 
+def count_params(model: torch.nn.Module) -> int:
+    """Trainable and frozen parameters (BatchNorm statistics are buffers, not counted)."""
+    return sum(p.numel() for p in model.parameters())
+
+
 def _count(n: int) -> str:
     return f"{n:,}"
 

@@ -1,0 +1,23 @@
+"""Running a network over a whole image set in batches, without gradients."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from simclrv2.data.feed import chunks
+from simclrv2.data.files import FileImages
+from simclrv2.train.runtime import autocast
+
+
+@torch.no_grad()
+def infer(fn, images: Tensor | FileImages, device: torch.device, batch_size: int = 512, amp: bool = True) -> Tensor:
+    """Apply ``fn`` to uint8 images in batches (converted to float [0,1] on the device); float32 out on CPU."""
+    outputs = []
+    for chunk in chunks(images, batch_size):
+        x = chunk.to(device, non_blocking=True).float().div_(255)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp):
+            outputs.append(fn(x).float().cpu())
+    return torch.cat(outputs) if outputs else torch.empty(0)

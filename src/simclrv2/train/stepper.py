@@ -1,0 +1,66 @@
+"""The one optimizer-step helper every stage uses: scheduled lr, finite-loss check, backward, clip, step."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from simclrv2 import distributed
+from simclrv2.config import OptimConfig
+from simclrv2.errors import NonFiniteError
+from simclrv2.optim import build_optimizer, lr_at, scaled_lr
+
+
+class NonFiniteLossError(NonFiniteError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class Stepper:
+    """One optimizer step: set the scheduled lr, check the loss, backward, (clip), step, zero grads."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, peak_lr: float, warmup_steps: int, total_steps: int,
+                 clip_norm: float | None = None) -> None:
+        self.optimizer = optimizer
+        self.peak_lr, self.warmup_steps, self.total_steps = peak_lr, warmup_steps, total_steps
+        self.clip_norm = clip_norm
+        self.step_count = 0
+
+    @property
+    def lr(self) -> float:
+        return lr_at(self.step_count, self.peak_lr, self.warmup_steps, self.total_steps)
+
+    def step(self, loss: Tensor) -> float:
+        value = distributed.mean(loss.detach()).item()  # every rank sees the same value and stops together
+        if not math.isfinite(value):
+            raise NonFiniteLossError(f"loss is {value} at step {self.step_count}: stopping (lower the "
+                                     f"learning rate?); the last good checkpoint is kept")
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+        loss.backward()
+        if self.clip_norm:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            nn.utils.clip_grad_norm_(params, self.clip_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step_count += 1
+        return value
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "step_count": self.step_count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step_count = int(state["step_count"])
+
+
+def make_stepper(model: nn.Module, section: OptimConfig, steps_per_epoch: int, global_batch: int,
+                 device: torch.device) -> Stepper:
+    """Optimizer and schedule of a stage: lr scaled with the global batch, warmup, cosine decay."""
+    peak = scaled_lr(section.lr, global_batch, section.lr_scaling)
+    optimizer = build_optimizer(model, section.optimizer, peak, section.weight_decay, section.momentum,
+                                section.trust_coefficient, fused=device.type == "cuda")
+    total = max(1, section.epochs * steps_per_epoch)
+    warmup = int(round(section.warmup_epochs * steps_per_epoch))
+    return Stepper(optimizer, peak, warmup, total)
