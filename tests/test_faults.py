@@ -102,7 +102,9 @@ def test_a_second_run_on_the_same_out_is_refused_at_once(tmp_path, capsys):
 
 def test_ctrl_c_during_start_up_is_one_line_and_exit_130(tmp_path):
     proc = subprocess.Popen(_cmd(tmp_path / "run"), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(0.5)  # python is up; torch is still being imported
+    maps, deadline = Path(f"/proc/{proc.pid}/maps"), time.time() + 60
+    while proc.poll() is None and time.time() < deadline and "libtorch" not in maps.read_text():
+        time.sleep(0.01)  # wait until torch is being imported: the command's own handler is in place
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err.decode()

@@ -49,7 +49,7 @@ def test_boxes_follow_torchvision_get_params_on_the_whole_image(h, w):
     for stat in (lambda b: b[:, 2] * b[:, 3] / (h * w), lambda b: torch.log(b[:, 3] / b[:, 2])):
         a, b = stat(ours.double()).sort().values, stat(ref.double()).sort().values
         assert (a - b).abs().max() < 0.06  # two-sample Kolmogorov-Smirnov-like: quantile by quantile
-        assert a.mean() == pytest.approx(b.mean(), abs=0.01)
+        assert a.mean().item() == pytest.approx(b.mean().item(), abs=0.01)
     # every border is reached: crops touch the top, left, bottom and right edges
     assert (ours[:, 0] == 0).any() and (ours[:, 1] == 0).any()
     assert (ours[:, 0] + ours[:, 2] == h).any() and (ours[:, 1] + ours[:, 3] == w).any()
@@ -57,8 +57,8 @@ def test_boxes_follow_torchvision_get_params_on_the_whole_image(h, w):
     for k, side in ((0, h), (1, w)):
         centre_ours = (ours[:, k] + ours[:, k + 2] / 2) / side
         centre_ref = (ref[:, k] + ref[:, k + 2] / 2) / side
-        assert centre_ours.mean() == pytest.approx(centre_ref.mean(), abs=0.02)
-        assert centre_ours.std() == pytest.approx(centre_ref.std(), abs=0.02)
+        assert centre_ours.mean().item() == pytest.approx(centre_ref.mean().item(), abs=0.02)
+        assert centre_ours.std().item() == pytest.approx(centre_ref.std().item(), abs=0.02)
 
 
 def test_fallback_is_torchvision_central_crop_per_image():

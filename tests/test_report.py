@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import torch
 
 from simclrv2 import checkpoint, report
 from simclrv2.data.datasets import ImageSet, Splits
-from simclrv2.tracking import TensorBoardLog
+from simclrv2.tracking import TensorBoardLog, encode_scalar_event, tfrecord
 from simclrv2.train.runlog import RunLog
 from test_inference import DIGITS, save_tiny
 
@@ -122,21 +124,44 @@ def test_runlog_writes_tensorboard_scalars(tmp_path, monkeypatch):
     log.tensorboard.close()
 
 
-def test_runlog_disabled_or_without_tensorboard(tmp_path, monkeypatch):
+def test_runlog_disabled(tmp_path, monkeypatch):
     RunLog(tmp_path / "rank1", "finetune", enabled=False).write(epoch=1, loss=1.0)
     assert not (tmp_path / "rank1").exists()
 
-    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    monkeypatch.setenv("SIMCLRV2_TENSORBOARD", "0")
     tb = TensorBoardLog(tmp_path / "tb", "finetune")
     tb.write({"val_top1": 50.0}, step=1)
     assert not tb.active and not (tmp_path / "tb").exists()
-
-    monkeypatch.delitem(sys.modules, "torch.utils.tensorboard")
-    monkeypatch.setenv("SIMCLRV2_TENSORBOARD", "0")
     log = RunLog(tmp_path / "off", "finetune")
     (tmp_path / "off").mkdir()
     log.write(epoch=1, val_top1=50.0)
     assert (tmp_path / "off" / "metrics.jsonl").is_file() and not (tmp_path / "off" / "tensorboard").exists()
+
+
+def test_event_records_equal_tensorboards_protobufs_and_framing(tmp_path):
+    """Our bytes against tensorboard's own Event protobuf and its TFRecord reader (CRC checked)."""
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    ref = event_pb2.Event(wall_time=1795943795.25, step=7, summary=summary_pb2.Summary(value=[
+        summary_pb2.Summary.Value(tag="pretrain/loss", simple_value=3.5),
+        summary_pb2.Summary.Value(tag="pretrain/lr", simple_value=-0.125)]))
+    ours = encode_scalar_event(1795943795.25, 7, {"pretrain/loss": 3.5, "pretrain/lr": -0.125})
+    assert event_pb2.Event.FromString(ours) == ref
+    first = event_pb2.Event(wall_time=2.5, file_version="brain.Event:2")
+    assert event_pb2.Event.FromString(encode_scalar_event(2.5, file_version="brain.Event:2")) == first
+    with open(tmp_path / "ref", "wb") as f:
+        RecordWriter(f).write(ours)
+    assert (tmp_path / "ref").read_bytes() == tfrecord(ours)
+
+
+def test_writing_scalars_does_not_import_tensorflow(tmp_path):
+    code = ("import sys; from simclrv2.tracking import TensorBoardLog, encode_scalar_event, tfrecord; "
+            f"t = TensorBoardLog({str(tmp_path)!r}, 'x'); t.write({{'loss': 1.0}}, 1); t.close(); "
+            "print('tensorflow' in sys.modules, 'tensorboard' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "SIMCLRV2_TENSORBOARD"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.split() == ["False", "False"] and len(list(tmp_path.glob("events.out.tfevents.*"))) == 1
 
 
 def test_checkpoint_paths_in_results_are_loadable(tmp_path):
