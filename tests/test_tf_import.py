@@ -426,3 +426,174 @@ def test_find_prefix_accepts_the_released_layouts(tmp_path):
     assert tf_import.find_prefix(tmp_path / "tf2") == tmp_path / "tf2" / "saved_model" / "variables" / "variables"
     with pytest.raises(tf_import.TFImportError, match="does not exist"):
         tf_import.find_prefix(tmp_path / "nothing")
+
+
+# ---- TF2 SavedModels ---------------------------------------------------------------------------------
+
+class TF2Official:
+    """The tracked attribute structure of the official tf2/ code (model.py, resnet.py, run.py's export).
+
+    ``tf.Module`` objects stand in for its Keras layers, with the same attribute names and lists, the
+    parameter-free layers (padding, pooling, identity, DropBlock) included so that list positions
+    match. Layers are created in the official order; conv ``i`` and BN ``i`` take the values of the
+    TF1 names ``base_model/conv2d_<i>`` and ``base_model/batch_normalization_<i>`` (what a conversion
+    of the TF1 checkpoint keeps). ``root`` is what run.py saves: ``model`` and
+    ``trainable_variables_list``, the latter shuffled so that checkpoint keys say nothing of position.
+    """
+
+    def __init__(self, tf, values: dict[str, np.ndarray], depth, sk, cifar, classes) -> None:
+        self.tf, self.values = tf, values
+        self.n = {"conv2d": 0, "batch_normalization": 0}
+        self.trainable = []
+        self.placed: set[str] = set()
+        m = self.module
+        stem = [self.conv(), m(), self.bn()] if cifar or not sk else [
+            self.conv(), self.bn(), self.conv(), self.bn(), self.conv(), m(), self.bn()]
+        stem += [m()] if cifar else [m(), m()]  # (max pool,) identity 'initial_max_pool'
+        groups = [m(layers=[self.block(j == 0, sk, i > 0, depth >= 50) for j in range(n)])
+                  for i, n in enumerate({18: [2, 2, 2, 2], 50: [3, 4, 6, 3]}[depth])]
+        model = m(resnet_model=m(initial_conv_relu_max_pool=stem, block_groups=groups))
+        model._projection_head = m(linear_layers=[
+            m(dense=m(kernel=self.var(f"head_contrastive/nl_{i}/dense/kernel")),
+              bn_relu=self.bn(f"head_contrastive/nl_{i}/batch_normalization", center=i < 2)) for i in range(3)])
+        if classes:
+            dense = "head_supervised/linear_layer/dense"
+            model.supervised_head = m(linear_layer=m(dense=m(kernel=self.var(f"{dense}/kernel"),
+                                                             bias=self.var(f"{dense}/bias"))))
+        order = np.random.default_rng(3).permutation(len(self.trainable))
+        self.root = m(model=model, trainable_variables_list=[self.trainable[i] for i in order])
+
+    def module(self, **attrs):
+        mod = self.tf.Module()
+        for k, v in attrs.items():
+            setattr(mod, k, v)
+        return mod
+
+    def var(self, name, trainable=True):
+        assert name not in self.placed, name
+        self.placed.add(name)
+        v = self.tf.Variable(self.values[name], trainable=trainable, name=f"keras_like/{name}")
+        if trainable:
+            self.trainable.append(v)
+        return v
+
+    def _next(self, kind):
+        i = self.n[kind]
+        self.n[kind] += 1
+        return f"base_model/{kind}" + (f"_{i}" if i else "")
+
+    def conv(self):  # Conv2dFixedPadding: conv2d (Keras Conv2D)
+        return self.module(conv2d=self.module(kernel=self.var(self._next("conv2d") + "/kernel")))
+
+    def bn(self, name=None, center=True):  # BatchNormRelu: bn (Keras BatchNormalization)
+        name = name or self._next("batch_normalization")
+        bn = self.module(gamma=self.var(f"{name}/gamma"))
+        if center:
+            bn.beta = self.var(f"{name}/beta")
+        bn.moving_mean = self.var(f"{name}/moving_mean", trainable=False)
+        bn.moving_variance = self.var(f"{name}/moving_variance", trainable=False)
+        return self.module(bn=bn)
+
+    def sk_conv(self):
+        m = self.module
+        return m(conv2d_fixed_padding=self.conv(), batch_norm_relu=self.bn(),
+                 conv2d_0=m(kernel=self.var(self._next("conv2d") + "/kernel")), batch_norm_relu_1=self.bn(),
+                 conv2d_1=m(kernel=self.var(self._next("conv2d") + "/kernel")))
+
+    def block(self, first, sk, strided, bottleneck):
+        m = self.module
+        shortcut = []
+        if first:  # ResNet-D for sk1: [fixed padding,] average pool, then the 1x1 conv
+            shortcut = ([m()] if sk and strided else []) + ([m()] if sk else []) + [self.conv(), self.bn()]
+        if not bottleneck:
+            return m(shortcut_layers=shortcut, conv2d_bn_layers=[self.conv(), self.bn(), self.conv(), self.bn()])
+        block = m(projection_layers=shortcut, shortcut_dropblock=m())
+        main = [self.conv(), self.bn(), m()] + ([self.sk_conv()] if sk else [self.conv(), self.bn()])
+        block.conv_relu_dropblock_layers = main + [m(), self.conv(), self.bn(), m()]
+        return block
+
+
+def _tf1_values(folder: Path) -> dict[str, np.ndarray]:
+    bundle = TFBundle(folder / "model.ckpt-751")
+    return {n: bundle.read(n) for n in bundle.names()
+            if not (n.startswith("ema_model/") or n.endswith("/Momentum") or n == "global_step")}
+
+
+@pytest.fixture(scope="module")
+def official_tf2(official, tmp_path_factory):
+    """The CASES as TF2 SavedModels (``<kind>/<name>/saved_model``) holding the TF1 checkpoints' weights."""
+    tf = pytest.importorskip("tensorflow")
+    root = tmp_path_factory.mktemp("official_tf2")
+    out = {}
+    for name, ((depth, _, sk, cifar), _, classes, kind, _) in CASES.items():
+        folder, ref = official[name]
+        model = TF2Official(tf, _tf1_values(folder), depth, sk, cifar, classes)
+        assert model.placed == set(model.values)  # every weight of the TF1 checkpoint, once
+        saved = root / kind / name / "saved_model"
+        tf.saved_model.save(model.root, str(saved))
+        out[name] = (saved, ref)
+    return out
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_tf2_saved_model_forward_equals_tensorflow(official_tf2, name):
+    saved, ref = official_tf2[name]
+    bundle = TFBundle(saved / "variables" / "variables")
+    keys = bundle.names()
+    assert any(k.startswith("trainable_variables_list/") for k in keys)  # keys as the official export makes them
+    assert not any(k.startswith("base_model/") for k in keys)
+    result = tf_import.import_tf(saved.parent)  # the model directory, as downloaded
+    assert result.arch.name == name
+    outs, logits = _torch_outputs(result, ref["x"])
+    assert len(outs) == 4
+    for got, want in zip(outs, ref["outs"]):
+        assert got.shape == want.shape and np.abs(got - want).max() <= 1e-4
+    if ref["logits"] is None:
+        assert result.classifier is None
+    else:
+        assert np.abs(logits - ref["logits"]).max() <= 1e-4
+        assert result.classifier[1]["head_input"] == ("nl_0" if "10pct" in str(saved) else "encoder")
+    assert result.used + result.skipped == len(keys) and result.skipped == 1  # the object graph itself
+
+
+def test_tf2_training_checkpoint_skips_optimizer_and_counters(official, tmp_path):
+    """A TF2 ``tf.train.Checkpoint(model=..., global_step=..., optimizer=...)``, with real slot variables."""
+    tf = pytest.importorskip("tensorflow")
+    folder, ref = official["r18_0.25x_sk0_cifar"]
+    model = TF2Official(tf, _tf1_values(folder), 18, False, True, 0)
+    optimizer = tf.compat.v1.train.MomentumOptimizer(0.1, 0.9)
+    variables = model.trainable[:3]
+    optimizer.apply_gradients([(tf.zeros_like(v), v) for v in variables])  # creates the Momentum slots
+    ckpt = tf.train.Checkpoint(model=model.root.model, global_step=tf.Variable(751, dtype=tf.int64),
+                               optimizer=optimizer)
+    prefix = ckpt.write(str(tmp_path / "ckpt-751"))
+    keys = TFBundle(prefix).names()
+    assert any(".OPTIMIZER_SLOT" in k for k in keys) and any(k.startswith("global_step") for k in keys)
+    result = tf_import.import_tf(prefix)
+    outs, _ = _torch_outputs(result, ref["x"])
+    assert max(np.abs(g - w).max() for g, w in zip(outs, ref["outs"])) <= 1e-4
+    assert result.used + result.skipped == len(keys)
+
+
+def test_tf2_bad_inputs_one_line_no_file(official, official_tf2, tmp_path, capsys):
+    tf = _tf()
+    saved, _ = official_tf2["r50_0.25x_sk0"]
+    code, out_, err = _cli(capsys, "import-tf", saved, "--out", tmp_path / "good")
+    assert code == 0 and checkpoint.exists(tmp_path / "good" / "classifier"), err
+    folder, _ = official["r50_0.25x_sk0"]
+    model = TF2Official(tf, _tf1_values(folder), 50, False, False, 1000)
+    block = model.root.model.resnet_model.block_groups[0].layers[0]
+    block.se_layer = model.module(se_reduce=model.module(kernel=tf.Variable(np.ones((1, 1, 64, 4), np.float32),
+                                                                           name="resnet/se_layer/se_reduce/kernel")))
+    tf.saved_model.save(model.root, str(tmp_path / "extra" / "saved_model"))
+    other = tmp_path / "other" / "saved_model"
+    tf.saved_model.save(model.module(encoder=model.module(kernel=tf.Variable(np.ones(3, np.float32)))), str(other))
+    cases = [(tmp_path / "extra", [], "resnet/se_layer/se_reduce/kernel"), (saved, ["--ema"], "no ema_model"),
+             (other, [], "no model/resnet_model"), (saved, ["--arch", "r50_0.25x_sk1"], "contradicts")]
+    for i, (src, flags, message) in enumerate(cases):
+        out = tmp_path / f"out{i}"
+        code, _, err = _cli(capsys, "import-tf", src, "--out", out, *flags)
+        assert code == 2, err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("simclrv2 import-tf: error: ") and message in lines[0], err
+        assert not out.exists()
