@@ -564,12 +564,23 @@ def test_tf2_training_checkpoint_skips_optimizer_and_counters(official, tmp_path
     optimizer = tf.compat.v1.train.MomentumOptimizer(0.1, 0.9)
     variables = model.trainable[:3]
     optimizer.apply_gradients([(tf.zeros_like(v), v) for v in variables])  # creates the Momentum slots
+
+    class Config(tf.train.experimental.PythonState):  # serialized state that is not a variable
+        def serialize(self):
+            return '{"name": "model"}'
+
+        def deserialize(self, string_value):
+            pass
+
+    model.root.model.config = Config()
     ckpt = tf.train.Checkpoint(model=model.root.model, global_step=tf.Variable(751, dtype=tf.int64),
                                optimizer=optimizer)
-    prefix = ckpt.write(str(tmp_path / "ckpt-751"))
+    prefix = ckpt.save(str(tmp_path / "ckpt"))  # also writes save_counter and the 'checkpoint' state file
     keys = TFBundle(prefix).names()
-    assert any(".OPTIMIZER_SLOT" in k for k in keys) and any(k.startswith("global_step") for k in keys)
-    result = tf_import.import_tf(prefix)
+    for start in ("global_step/", "save_counter/", "model/config/.ATTRIBUTES/"):
+        assert any(k.startswith(start) for k in keys), start
+    assert any(".OPTIMIZER_SLOT" in k for k in keys)
+    result = tf_import.import_tf(tmp_path)
     outs, _ = _torch_outputs(result, ref["x"])
     assert max(np.abs(g - w).max() for g, w in zip(outs, ref["outs"])) <= 1e-4
     assert result.used + result.skipped == len(keys)
@@ -597,3 +608,214 @@ def test_tf2_bad_inputs_one_line_no_file(official, official_tf2, tmp_path, capsy
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("simclrv2 import-tf: error: ") and message in lines[0], err
         assert not out.exists()
+
+
+def _keras2_official(tf, K, depth, sk_ratio, cifar, classes, selector, width=16):
+    """The official tf2/ model rebuilt with tf.keras 2 (``tf_keras``) layers: same classes, attributes, lists.
+
+    Written from the facts in ``simclrv2.official.tf2_graph``; the forward follows tf2/resnet.py and
+    model.py (fixed padding for strided convs, 'SAME' pools, BN epsilon 1e-5, SK convs, ResNet-D).
+    """
+
+    class BatchNormRelu(K.layers.Layer):
+        def __init__(self, relu=True, center=True):
+            super().__init__()
+            self.relu = relu
+            self.bn = K.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, center=center, fused=False)
+
+        def call(self, x, training):
+            x = self.bn(x, training=training)
+            return tf.nn.relu(x) if self.relu else x
+
+    class Op(K.layers.Layer):  # the parameter-free layers: padding, identity, DropBlock at inference
+        def __init__(self, fn=tf.identity):
+            super().__init__()
+            self.fn = fn
+
+        def call(self, x, training):
+            return self.fn(x)
+
+    def pad(before, after):
+        return lambda x: tf.pad(x, [[0, 0], [before, after], [before, after], [0, 0]])
+
+    class Conv2dFixedPadding(K.layers.Layer):
+        def __init__(self, filters, k, stride):
+            super().__init__()
+            self.fixed_padding = Op(pad((k - 1) // 2, k - 1 - (k - 1) // 2)) if stride > 1 else None
+            self.conv2d = K.layers.Conv2D(filters, k, stride, "SAME" if stride == 1 else "VALID", use_bias=False)
+
+        def call(self, x, training):
+            return self.conv2d(self.fixed_padding(x) if self.fixed_padding else x)
+
+    class SK_Conv2D(K.layers.Layer):  # noqa: N801 (the official class name)
+        def __init__(self, filters, stride):
+            super().__init__()
+            self.conv2d_fixed_padding = Conv2dFixedPadding(2 * filters, 3, stride)
+            self.batch_norm_relu = BatchNormRelu()
+            self.conv2d_0 = K.layers.Conv2D(max(int(filters * sk_ratio), 32), 1, use_bias=False)
+            self.batch_norm_relu_1 = BatchNormRelu()
+            self.conv2d_1 = K.layers.Conv2D(2 * filters, 1, use_bias=False)
+
+        def call(self, x, training):
+            x = tf.stack(tf.split(self.batch_norm_relu(self.conv2d_fixed_padding(x), training), 2, axis=3))
+            g = self.batch_norm_relu_1(self.conv2d_0(tf.reduce_mean(tf.reduce_sum(x, 0), [1, 2], keepdims=True)),
+                                       training)
+            return tf.reduce_sum(x * tf.nn.softmax(tf.stack(tf.split(self.conv2d_1(g), 2, axis=3)), axis=0), 0)
+
+    def projection(filters, stride):
+        if not sk_ratio:
+            return [Conv2dFixedPadding(filters, 1, stride), BatchNormRelu(relu=False)]
+        pool = K.layers.AveragePooling2D(2, stride, "SAME" if stride == 1 else "VALID")
+        return [Op(pad(0, 1))] * (stride > 1) + [pool, Conv2dFixedPadding(filters, 1, 1), BatchNormRelu(relu=False)]
+
+    class Block(K.layers.Layer):  # BottleneckBlock / ResidualBlock, by their attribute names
+        def __init__(self, f, stride, use_projection=False):
+            super().__init__()
+            if depth >= 50:
+                self.projection_layers = projection(4 * f, stride) if use_projection else []
+                self.shortcut_dropblock = Op()
+                self.conv_relu_dropblock_layers = [Conv2dFixedPadding(f, 1, 1), BatchNormRelu(), Op()]
+                self.conv_relu_dropblock_layers += [SK_Conv2D(f, stride)] if sk_ratio else [
+                    Conv2dFixedPadding(f, 3, stride), BatchNormRelu()]
+                self.conv_relu_dropblock_layers += [Op(), Conv2dFixedPadding(4 * f, 1, 1), BatchNormRelu(False), Op()]
+            else:
+                self.conv2d_bn_layers = []
+                self.shortcut_layers = projection(f, stride) if use_projection else []
+                self.conv2d_bn_layers += [Conv2dFixedPadding(f, 3, stride), BatchNormRelu(),
+                                          Conv2dFixedPadding(f, 3, 1), BatchNormRelu(relu=False)]
+
+        def call(self, x, training):
+            shortcut, main = ((self.projection_layers, self.conv_relu_dropblock_layers) if depth >= 50
+                              else (self.shortcut_layers, self.conv2d_bn_layers))
+            s = x
+            for layer in shortcut:
+                s = layer(s, training=training)
+            for layer in main:
+                x = layer(x, training=training)
+            return tf.nn.relu(x + s)
+
+    class BlockGroup(K.layers.Layer):
+        def __init__(self, f, blocks, stride):
+            super().__init__()
+            self.layers = [Block(f, stride, use_projection=True)]
+            for _ in range(1, blocks):
+                self.layers.append(Block(f, 1))
+
+        def call(self, x, training):
+            for layer in self.layers:
+                x = layer(x, training=training)
+            return x
+
+    class Resnet(K.layers.Layer):
+        def __init__(self):
+            super().__init__(name="resnet")
+            self.initial_conv_relu_max_pool = []
+            stem = self.initial_conv_relu_max_pool
+            if cifar:
+                stem += [Conv2dFixedPadding(width, 3, 1), Op(), BatchNormRelu(), Op()]
+            else:
+                stem += [Conv2dFixedPadding(width // 2, 3, 2), BatchNormRelu(), Conv2dFixedPadding(width // 2, 3, 1),
+                         BatchNormRelu(), Conv2dFixedPadding(width, 3, 1)] if sk_ratio else [
+                    Conv2dFixedPadding(width, 7, 2)]
+                stem += [Op(), BatchNormRelu(), K.layers.MaxPooling2D(3, 2, "SAME"), Op()]
+            blocks = {18: [2, 2, 2, 2], 50: [3, 4, 6, 3]}[depth]
+            self.block_groups = [BlockGroup(width * 2 ** i, n, 1 if i == 0 else 2) for i, n in enumerate(blocks)]
+
+        def call(self, x, training):
+            for layer in list(self.initial_conv_relu_max_pool) + list(self.block_groups):
+                x = layer(x, training=training)
+            return tf.reduce_mean(x, [1, 2])
+
+    class LinearLayer(K.layers.Layer):
+        def __init__(self, units, use_bias=True, use_bn=False):
+            super().__init__()
+            self.units = units
+            self.dense = K.layers.Dense(units or 1, use_bias=use_bias and not use_bn)
+            self.bn_relu = BatchNormRelu(relu=False, center=use_bias) if use_bn else None
+
+        def build(self, input_shape):
+            self.dense.units = self.units or int(input_shape[-1])  # units None: keep the width
+            super().build(input_shape)
+
+        def call(self, x, training):
+            x = self.dense(x)
+            return self.bn_relu(x, training=training) if self.bn_relu else x
+
+    class ProjectionHead(K.layers.Layer):
+        def __init__(self):
+            super().__init__(name="projection_head")
+            self.linear_layers = [LinearLayer(None, True, True), LinearLayer(None, True, True),
+                                  LinearLayer(128, False, True)]
+
+        def call(self, x, training):
+            hiddens = [x]
+            for j, layer in enumerate(self.linear_layers):
+                h = layer(hiddens[-1], training)
+                hiddens.append(tf.nn.relu(h) if j < 2 else h)
+            return hiddens
+
+    class SupervisedHead(K.layers.Layer):
+        def __init__(self):
+            super().__init__(name="head_supervised")
+            self.linear_layer = LinearLayer(classes)
+
+        def call(self, x, training):
+            return self.linear_layer(x, training)
+
+    class Model(K.models.Model):
+        def __init__(self):
+            super().__init__()
+            self.resnet_model = Resnet()
+            self._projection_head = ProjectionHead()
+            if classes:
+                self.supervised_head = SupervisedHead()
+
+        def __call__(self, x, training):  # the official model overrides __call__ too
+            hiddens = self._projection_head(self.resnet_model(x, training=training), training)
+            return hiddens, self.supervised_head(hiddens[selector], training) if classes else None
+
+    class SimCLRModel(tf.Module):  # what run.py saves
+        def __init__(self, model):
+            self.model = model
+            self.trainable_variables_list = model.trainable_variables
+
+    return Model, SimCLRModel
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_tf2_saved_model_written_by_tf_keras_2(tmp_path, name):
+    """Where tf.keras 2 (``tf_keras``, the Keras of the official TF2 code) is installed: its export, imported."""
+    tf = _tf()
+    K = pytest.importorskip("tf_keras")
+    (depth, width, sk, cifar), size, classes, kind, selector = CASES[name]
+    Model, SimCLRModel = _keras2_official(tf, K, depth, 0.0625 if sk else 0.0, cifar, classes, selector,
+                                          int(64 * width))
+    model = Model()
+    x = tf.constant(np.random.default_rng(1).uniform(0, 1, (2, size, size, 3)).astype(np.float32))
+    model(x, training=False)
+    rng = np.random.default_rng(0)
+    for v in model.variables:  # distinct values, BN statistics included
+        leaf = v.name.split("/")[-1].split(":")[0]
+        value = {"gamma": lambda s: rng.uniform(0.5, 1.5, s), "moving_variance": lambda s: rng.uniform(0.5, 1.5, s),
+                 "kernel": lambda s: rng.normal(0, 1, s) / np.sqrt(np.prod(s[:-1]))}.get(
+            leaf, lambda s: rng.normal(0, 0.1, s))(tuple(v.shape))
+        v.assign(value.astype(np.float32))
+    hiddens, logits = model(x, training=False)
+    saved = tmp_path / kind / name / "saved_model"
+    try:  # the layers' traced functions are not needed here and take most of the time
+        from tf_keras.src.saving.legacy.saved_model.utils import keras_option_scope
+        scope = keras_option_scope(save_traces=False)
+    except ImportError:
+        import contextlib
+        scope = contextlib.nullcontext()
+    with scope:
+        tf.saved_model.save(SimCLRModel(model), str(saved))
+    result = tf_import.import_tf(saved.parent)
+    assert result.arch.name == name
+    outs, got_logits = _torch_outputs(result, x.numpy())
+    for got, want in zip(outs, hiddens):
+        assert got.shape == tuple(want.shape) and np.abs(got - want.numpy()).max() <= 1e-4
+    assert (logits is None) == (result.classifier is None)
+    if logits is not None:
+        assert np.abs(got_logits - logits.numpy()).max() <= 1e-4
+    assert result.used + result.skipped == len(TFBundle(saved / "variables" / "variables").names())

@@ -199,6 +199,10 @@ class _Walk:
 def tf1_names(bundle: TFBundle) -> tuple[dict[str, str], set[str], dict[str, str]]:
     """(TF1 name -> key of the model's variables, keys deliberately skipped, key -> variable name).
 
+    Skipped: the object graph itself; in a ``tf.train.Checkpoint``, whatever hangs off the root's
+    ``optimizer``, ``global_step`` and ``save_counter``; optimizer slot variables; serialized
+    non-variable state (attributes other than ``VARIABLE_VALUE``, e.g. a Keras ``OBJECT_CONFIG_JSON``).
+
     Keys in neither are unknown tensors; the caller reports them by variable name.
     """
     try:
@@ -222,9 +226,11 @@ def tf1_names(bundle: TFBundle) -> tuple[dict[str, str], set[str], dict[str, str
         for name in SKIPPED_ROOT_CHILDREN:
             if g.child(0, name) is not None:
                 skipped |= g.keys_below(g.child(0, name))
-    for node in g.nodes:  # optimizer slot variables, wherever the graph lists them
-        for slot in node.slots:
+    for node in g.nodes:
+        for slot in node.slots:  # optimizer slot variables, wherever the graph lists them
             skipped |= {key for _, key in g.nodes[slot].tensors.values()}
+        # Saved state that is no variable (a Keras object's JSON config, Python state), should a file hold any.
+        skipped |= {key for name, (_, key) in node.tensors.items() if name != VALUE}
     if len(set(walk.names.values())) != len(walk.names):
         raise TF2Error("the object graph reaches one variable as two different layers")
     return walk.names, skipped - set(walk.names.values()), labels
