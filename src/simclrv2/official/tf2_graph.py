@@ -32,12 +32,17 @@ Facts of google-research/simclr ``tf2/`` this relies on (read from resnet.py, mo
   ``SupervisedHead``: ``linear_layer`` (``LinearLayer``: ``dense`` with ``kernel`` and ``bias``).
 * The CIFAR stem (``image_size <= 32``) is one 3x3 conv + BN; ResNet-18 uses ``ResidualBlock``.
 
+Checked with tf_keras 2.21 (tf.keras 2, the Keras of the official TF2 code; the test
+``test_tf2_saved_model_written_by_tf_keras_2`` runs where it is installed): these classes, exported
+as run.py does, store every attribute above under its Python name (``_projection_head`` included;
+lists as children ``"0"``, ``"1"``, ...; ``BlockGroup.layers`` as its blocks), and key the tensors
+``trainable_variables_list/<i>`` and ``model/resnet_model/variables/<i>`` (Keras adds such lists).
+
 Unconfirmed (no released file was available to check): that the released SavedModels were written
-by this export (they were converted from the TF1 checkpoints, by a script not in the repository);
-that tf.keras 2.x tracks every attribute above under its Python name (a Keras ``Layer`` is an
-``AutoTrackable``, lists become ``ListWrapper`` with children ``"0"``, ``"1"``, ...), including
-``_projection_head`` with its underscore and ``BlockGroup.layers`` (a name Keras also exports, with
-the same blocks in the same order). A file that differs fails with an error naming what is missing.
+by this export (they were converted from the TF1 checkpoints by a script not in the repository;
+public code that loads them calls ``saved_model(x, trainable=False)`` and reads ``final_avg_pool``,
+the signature of run.py's export), and with a tf.keras of 2020 that tracked attributes as 2.21 does.
+A file that differs fails with an error naming what is missing or left over.
 """
 
 from __future__ import annotations
