@@ -599,8 +599,14 @@ def test_tf2_bad_inputs_one_line_no_file(official, official_tf2, tmp_path, capsy
     tf.saved_model.save(model.root, str(tmp_path / "extra" / "saved_model"))
     other = tmp_path / "other" / "saved_model"
     tf.saved_model.save(model.module(encoder=model.module(kernel=tf.Variable(np.ones(3, np.float32)))), str(other))
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    names = ["_CHECKPOINTABLE_OBJECT_GRAPH", "model/x/.ATTRIBUTES/VARIABLE_VALUE"]
+    tf.raw_ops.SaveV2(prefix=str(corrupt / "ckpt-1"), tensor_names=names, shape_and_slices=["", ""],
+                      tensors=[np.array(b"\x0a\x05ab", dtype=object), np.ones(3, np.float32)])  # a cut message
     cases = [(tmp_path / "extra", [], "resnet/se_layer/se_reduce/kernel"), (saved, ["--ema"], "no ema_model"),
-             (other, [], "no model/resnet_model"), (saved, ["--arch", "r50_0.25x_sk1"], "contradicts")]
+             (other, [], "no model/resnet_model"), (saved, ["--arch", "r50_0.25x_sk1"], "contradicts"),
+             (corrupt / "ckpt-1", [], "corrupt _CHECKPOINTABLE_OBJECT_GRAPH")]
     for i, (src, flags, message) in enumerate(cases):
         out = tmp_path / f"out{i}"
         code, _, err = _cli(capsys, "import-tf", src, "--out", out, *flags)

@@ -95,8 +95,8 @@ class ObjectGraph:
                 self.nodes.append(node)
         except (BundleError, UnicodeDecodeError, AttributeError, TypeError) as e:
             raise TF2Error(f"corrupt {OBJECT_GRAPH}: {e}") from None
-        if not self.nodes or any(c >= len(self.nodes) for n in self.nodes for c in n.children.values()):
-            raise TF2Error(f"corrupt {OBJECT_GRAPH}: child of a node that does not exist")
+        if not self.nodes or any(c >= len(self.nodes) for n in self.nodes for c in [*n.children.values(), *n.slots]):
+            raise TF2Error(f"corrupt {OBJECT_GRAPH}: reference to a node that does not exist")
 
     def child(self, node: int | None, *path: str) -> int | None:
         for name in path:
