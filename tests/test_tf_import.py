@@ -426,3 +426,402 @@ def test_find_prefix_accepts_the_released_layouts(tmp_path):
     assert tf_import.find_prefix(tmp_path / "tf2") == tmp_path / "tf2" / "saved_model" / "variables" / "variables"
     with pytest.raises(tf_import.TFImportError, match="does not exist"):
         tf_import.find_prefix(tmp_path / "nothing")
+
+
+# ---- TF2 SavedModels ---------------------------------------------------------------------------------
+
+class TF2Official:
+    """The tracked attribute structure of the official tf2/ code (model.py, resnet.py, run.py's export).
+
+    ``tf.Module`` objects stand in for its Keras layers, with the same attribute names and lists, the
+    parameter-free layers (padding, pooling, identity, DropBlock) included so that list positions
+    match. Layers are created in the official order; conv ``i`` and BN ``i`` take the values of the
+    TF1 names ``base_model/conv2d_<i>`` and ``base_model/batch_normalization_<i>`` (what a conversion
+    of the TF1 checkpoint keeps). ``root`` is what run.py saves: ``model`` and
+    ``trainable_variables_list``, the latter shuffled so that checkpoint keys say nothing of position.
+    """
+
+    def __init__(self, tf, values: dict[str, np.ndarray], depth, sk, cifar, classes) -> None:
+        self.tf, self.values = tf, values
+        self.n = {"conv2d": 0, "batch_normalization": 0}
+        self.trainable = []
+        self.placed: set[str] = set()
+        m = self.module
+        stem = [self.conv(), m(), self.bn()] if cifar or not sk else [
+            self.conv(), self.bn(), self.conv(), self.bn(), self.conv(), m(), self.bn()]
+        stem += [m()] if cifar else [m(), m()]  # (max pool,) identity 'initial_max_pool'
+        groups = [m(layers=[self.block(j == 0, sk, i > 0, depth >= 50) for j in range(n)])
+                  for i, n in enumerate({18: [2, 2, 2, 2], 50: [3, 4, 6, 3]}[depth])]
+        model = m(resnet_model=m(initial_conv_relu_max_pool=stem, block_groups=groups))
+        model._projection_head = m(linear_layers=[
+            m(dense=m(kernel=self.var(f"head_contrastive/nl_{i}/dense/kernel")),
+              bn_relu=self.bn(f"head_contrastive/nl_{i}/batch_normalization", center=i < 2)) for i in range(3)])
+        if classes:
+            dense = "head_supervised/linear_layer/dense"
+            model.supervised_head = m(linear_layer=m(dense=m(kernel=self.var(f"{dense}/kernel"),
+                                                             bias=self.var(f"{dense}/bias"))))
+        order = np.random.default_rng(3).permutation(len(self.trainable))
+        self.root = m(model=model, trainable_variables_list=[self.trainable[i] for i in order])
+
+    def module(self, **attrs):
+        mod = self.tf.Module()
+        for k, v in attrs.items():
+            setattr(mod, k, v)
+        return mod
+
+    def var(self, name, trainable=True):
+        assert name not in self.placed, name
+        self.placed.add(name)
+        v = self.tf.Variable(self.values[name], trainable=trainable, name=f"keras_like/{name}")
+        if trainable:
+            self.trainable.append(v)
+        return v
+
+    def _next(self, kind):
+        i = self.n[kind]
+        self.n[kind] += 1
+        return f"base_model/{kind}" + (f"_{i}" if i else "")
+
+    def conv(self):  # Conv2dFixedPadding: conv2d (Keras Conv2D)
+        return self.module(conv2d=self.module(kernel=self.var(self._next("conv2d") + "/kernel")))
+
+    def bn(self, name=None, center=True):  # BatchNormRelu: bn (Keras BatchNormalization)
+        name = name or self._next("batch_normalization")
+        bn = self.module(gamma=self.var(f"{name}/gamma"))
+        if center:
+            bn.beta = self.var(f"{name}/beta")
+        bn.moving_mean = self.var(f"{name}/moving_mean", trainable=False)
+        bn.moving_variance = self.var(f"{name}/moving_variance", trainable=False)
+        return self.module(bn=bn)
+
+    def sk_conv(self):
+        m = self.module
+        return m(conv2d_fixed_padding=self.conv(), batch_norm_relu=self.bn(),
+                 conv2d_0=m(kernel=self.var(self._next("conv2d") + "/kernel")), batch_norm_relu_1=self.bn(),
+                 conv2d_1=m(kernel=self.var(self._next("conv2d") + "/kernel")))
+
+    def block(self, first, sk, strided, bottleneck):
+        m = self.module
+        shortcut = []
+        if first:  # ResNet-D for sk1: [fixed padding,] average pool, then the 1x1 conv
+            shortcut = ([m()] if sk and strided else []) + ([m()] if sk else []) + [self.conv(), self.bn()]
+        if not bottleneck:
+            return m(shortcut_layers=shortcut, conv2d_bn_layers=[self.conv(), self.bn(), self.conv(), self.bn()])
+        block = m(projection_layers=shortcut, shortcut_dropblock=m())
+        main = [self.conv(), self.bn(), m()] + ([self.sk_conv()] if sk else [self.conv(), self.bn()])
+        block.conv_relu_dropblock_layers = main + [m(), self.conv(), self.bn(), m()]
+        return block
+
+
+def _tf1_values(folder: Path) -> dict[str, np.ndarray]:
+    bundle = TFBundle(folder / "model.ckpt-751")
+    return {n: bundle.read(n) for n in bundle.names()
+            if not (n.startswith("ema_model/") or n.endswith("/Momentum") or n == "global_step")}
+
+
+@pytest.fixture(scope="module")
+def official_tf2(official, tmp_path_factory):
+    """The CASES as TF2 SavedModels (``<kind>/<name>/saved_model``) holding the TF1 checkpoints' weights."""
+    tf = pytest.importorskip("tensorflow")
+    root = tmp_path_factory.mktemp("official_tf2")
+    out = {}
+    for name, ((depth, _, sk, cifar), _, classes, kind, _) in CASES.items():
+        folder, ref = official[name]
+        model = TF2Official(tf, _tf1_values(folder), depth, sk, cifar, classes)
+        assert model.placed == set(model.values)  # every weight of the TF1 checkpoint, once
+        saved = root / kind / name / "saved_model"
+        tf.saved_model.save(model.root, str(saved))
+        out[name] = (saved, ref)
+    return out
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_tf2_saved_model_forward_equals_tensorflow(official_tf2, name):
+    saved, ref = official_tf2[name]
+    bundle = TFBundle(saved / "variables" / "variables")
+    keys = bundle.names()
+    assert any(k.startswith("trainable_variables_list/") for k in keys)  # keys as the official export makes them
+    assert not any(k.startswith("base_model/") for k in keys)
+    result = tf_import.import_tf(saved.parent)  # the model directory, as downloaded
+    assert result.arch.name == name
+    outs, logits = _torch_outputs(result, ref["x"])
+    assert len(outs) == 4
+    for got, want in zip(outs, ref["outs"]):
+        assert got.shape == want.shape and np.abs(got - want).max() <= 1e-4
+    if ref["logits"] is None:
+        assert result.classifier is None
+    else:
+        assert np.abs(logits - ref["logits"]).max() <= 1e-4
+        assert result.classifier[1]["head_input"] == ("nl_0" if "10pct" in str(saved) else "encoder")
+    assert result.used + result.skipped == len(keys) and result.skipped == 1  # the object graph itself
+
+
+def test_tf2_training_checkpoint_skips_optimizer_and_counters(official, tmp_path):
+    """A TF2 ``tf.train.Checkpoint(model=..., global_step=..., optimizer=...)``, with real slot variables."""
+    tf = pytest.importorskip("tensorflow")
+    folder, ref = official["r18_0.25x_sk0_cifar"]
+    model = TF2Official(tf, _tf1_values(folder), 18, False, True, 0)
+    optimizer = tf.compat.v1.train.MomentumOptimizer(0.1, 0.9)
+    variables = model.trainable[:3]
+    optimizer.apply_gradients([(tf.zeros_like(v), v) for v in variables])  # creates the Momentum slots
+
+    class Config(tf.train.experimental.PythonState):  # serialized state that is not a variable
+        def serialize(self):
+            return '{"name": "model"}'
+
+        def deserialize(self, string_value):
+            pass
+
+    model.root.model.config = Config()
+    ckpt = tf.train.Checkpoint(model=model.root.model, global_step=tf.Variable(751, dtype=tf.int64),
+                               optimizer=optimizer)
+    prefix = ckpt.save(str(tmp_path / "ckpt"))  # also writes save_counter and the 'checkpoint' state file
+    keys = TFBundle(prefix).names()
+    for start in ("global_step/", "save_counter/", "model/config/.ATTRIBUTES/"):
+        assert any(k.startswith(start) for k in keys), start
+    assert any(".OPTIMIZER_SLOT" in k for k in keys)
+    result = tf_import.import_tf(tmp_path)
+    outs, _ = _torch_outputs(result, ref["x"])
+    assert max(np.abs(g - w).max() for g, w in zip(outs, ref["outs"])) <= 1e-4
+    assert result.used + result.skipped == len(keys)
+
+
+def test_tf2_bad_inputs_one_line_no_file(official, official_tf2, tmp_path, capsys):
+    tf = _tf()
+    saved, _ = official_tf2["r50_0.25x_sk0"]
+    code, out_, err = _cli(capsys, "import-tf", saved, "--out", tmp_path / "good")
+    assert code == 0 and checkpoint.exists(tmp_path / "good" / "classifier"), err
+    folder, _ = official["r50_0.25x_sk0"]
+    model = TF2Official(tf, _tf1_values(folder), 50, False, False, 1000)
+    block = model.root.model.resnet_model.block_groups[0].layers[0]
+    block.se_layer = model.module(se_reduce=model.module(kernel=tf.Variable(np.ones((1, 1, 64, 4), np.float32),
+                                                                           name="resnet/se_layer/se_reduce/kernel")))
+    tf.saved_model.save(model.root, str(tmp_path / "extra" / "saved_model"))
+    other = tmp_path / "other" / "saved_model"
+    tf.saved_model.save(model.module(encoder=model.module(kernel=tf.Variable(np.ones(3, np.float32)))), str(other))
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    names = ["_CHECKPOINTABLE_OBJECT_GRAPH", "model/x/.ATTRIBUTES/VARIABLE_VALUE"]
+    tf.raw_ops.SaveV2(prefix=str(corrupt / "ckpt-1"), tensor_names=names, shape_and_slices=["", ""],
+                      tensors=[np.array(b"\x0a\x05ab", dtype=object), np.ones(3, np.float32)])  # a cut message
+    cases = [(tmp_path / "extra", [], "resnet/se_layer/se_reduce/kernel"), (saved, ["--ema"], "no ema_model"),
+             (other, [], "no model/resnet_model"), (saved, ["--arch", "r50_0.25x_sk1"], "contradicts"),
+             (corrupt / "ckpt-1", [], "corrupt _CHECKPOINTABLE_OBJECT_GRAPH")]
+    for i, (src, flags, message) in enumerate(cases):
+        out = tmp_path / f"out{i}"
+        code, _, err = _cli(capsys, "import-tf", src, "--out", out, *flags)
+        assert code == 2, err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("simclrv2 import-tf: error: ") and message in lines[0], err
+        assert not out.exists()
+
+
+def _keras2_official(tf, K, depth, sk_ratio, cifar, classes, selector, width=16):
+    """The official tf2/ model rebuilt with tf.keras 2 (``tf_keras``) layers: same classes, attributes, lists.
+
+    Written from the facts in ``simclrv2.official.tf2_graph``; the forward follows tf2/resnet.py and
+    model.py (fixed padding for strided convs, 'SAME' pools, BN epsilon 1e-5, SK convs, ResNet-D).
+    """
+
+    class BatchNormRelu(K.layers.Layer):
+        def __init__(self, relu=True, center=True):
+            super().__init__()
+            self.relu = relu
+            self.bn = K.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, center=center, fused=False)
+
+        def call(self, x, training):
+            x = self.bn(x, training=training)
+            return tf.nn.relu(x) if self.relu else x
+
+    class Op(K.layers.Layer):  # the parameter-free layers: padding, identity, DropBlock at inference
+        def __init__(self, fn=tf.identity):
+            super().__init__()
+            self.fn = fn
+
+        def call(self, x, training):
+            return self.fn(x)
+
+    def pad(before, after):
+        return lambda x: tf.pad(x, [[0, 0], [before, after], [before, after], [0, 0]])
+
+    class Conv2dFixedPadding(K.layers.Layer):
+        def __init__(self, filters, k, stride):
+            super().__init__()
+            self.fixed_padding = Op(pad((k - 1) // 2, k - 1 - (k - 1) // 2)) if stride > 1 else None
+            self.conv2d = K.layers.Conv2D(filters, k, stride, "SAME" if stride == 1 else "VALID", use_bias=False)
+
+        def call(self, x, training):
+            return self.conv2d(self.fixed_padding(x) if self.fixed_padding else x)
+
+    class SK_Conv2D(K.layers.Layer):  # noqa: N801 (the official class name)
+        def __init__(self, filters, stride):
+            super().__init__()
+            self.conv2d_fixed_padding = Conv2dFixedPadding(2 * filters, 3, stride)
+            self.batch_norm_relu = BatchNormRelu()
+            self.conv2d_0 = K.layers.Conv2D(max(int(filters * sk_ratio), 32), 1, use_bias=False)
+            self.batch_norm_relu_1 = BatchNormRelu()
+            self.conv2d_1 = K.layers.Conv2D(2 * filters, 1, use_bias=False)
+
+        def call(self, x, training):
+            x = tf.stack(tf.split(self.batch_norm_relu(self.conv2d_fixed_padding(x), training), 2, axis=3))
+            g = self.batch_norm_relu_1(self.conv2d_0(tf.reduce_mean(tf.reduce_sum(x, 0), [1, 2], keepdims=True)),
+                                       training)
+            return tf.reduce_sum(x * tf.nn.softmax(tf.stack(tf.split(self.conv2d_1(g), 2, axis=3)), axis=0), 0)
+
+    def projection(filters, stride):
+        if not sk_ratio:
+            return [Conv2dFixedPadding(filters, 1, stride), BatchNormRelu(relu=False)]
+        pool = K.layers.AveragePooling2D(2, stride, "SAME" if stride == 1 else "VALID")
+        return [Op(pad(0, 1))] * (stride > 1) + [pool, Conv2dFixedPadding(filters, 1, 1), BatchNormRelu(relu=False)]
+
+    class Block(K.layers.Layer):  # BottleneckBlock / ResidualBlock, by their attribute names
+        def __init__(self, f, stride, use_projection=False):
+            super().__init__()
+            if depth >= 50:
+                self.projection_layers = projection(4 * f, stride) if use_projection else []
+                self.shortcut_dropblock = Op()
+                self.conv_relu_dropblock_layers = [Conv2dFixedPadding(f, 1, 1), BatchNormRelu(), Op()]
+                self.conv_relu_dropblock_layers += [SK_Conv2D(f, stride)] if sk_ratio else [
+                    Conv2dFixedPadding(f, 3, stride), BatchNormRelu()]
+                self.conv_relu_dropblock_layers += [Op(), Conv2dFixedPadding(4 * f, 1, 1), BatchNormRelu(False), Op()]
+            else:
+                self.conv2d_bn_layers = []
+                self.shortcut_layers = projection(f, stride) if use_projection else []
+                self.conv2d_bn_layers += [Conv2dFixedPadding(f, 3, stride), BatchNormRelu(),
+                                          Conv2dFixedPadding(f, 3, 1), BatchNormRelu(relu=False)]
+
+        def call(self, x, training):
+            shortcut, main = ((self.projection_layers, self.conv_relu_dropblock_layers) if depth >= 50
+                              else (self.shortcut_layers, self.conv2d_bn_layers))
+            s = x
+            for layer in shortcut:
+                s = layer(s, training=training)
+            for layer in main:
+                x = layer(x, training=training)
+            return tf.nn.relu(x + s)
+
+    class BlockGroup(K.layers.Layer):
+        def __init__(self, f, blocks, stride):
+            super().__init__()
+            self.layers = [Block(f, stride, use_projection=True)]
+            for _ in range(1, blocks):
+                self.layers.append(Block(f, 1))
+
+        def call(self, x, training):
+            for layer in self.layers:
+                x = layer(x, training=training)
+            return x
+
+    class Resnet(K.layers.Layer):
+        def __init__(self):
+            super().__init__(name="resnet")
+            self.initial_conv_relu_max_pool = []
+            stem = self.initial_conv_relu_max_pool
+            if cifar:
+                stem += [Conv2dFixedPadding(width, 3, 1), Op(), BatchNormRelu(), Op()]
+            else:
+                stem += [Conv2dFixedPadding(width // 2, 3, 2), BatchNormRelu(), Conv2dFixedPadding(width // 2, 3, 1),
+                         BatchNormRelu(), Conv2dFixedPadding(width, 3, 1)] if sk_ratio else [
+                    Conv2dFixedPadding(width, 7, 2)]
+                stem += [Op(), BatchNormRelu(), K.layers.MaxPooling2D(3, 2, "SAME"), Op()]
+            blocks = {18: [2, 2, 2, 2], 50: [3, 4, 6, 3]}[depth]
+            self.block_groups = [BlockGroup(width * 2 ** i, n, 1 if i == 0 else 2) for i, n in enumerate(blocks)]
+
+        def call(self, x, training):
+            for layer in list(self.initial_conv_relu_max_pool) + list(self.block_groups):
+                x = layer(x, training=training)
+            return tf.reduce_mean(x, [1, 2])
+
+    class LinearLayer(K.layers.Layer):
+        def __init__(self, units, use_bias=True, use_bn=False):
+            super().__init__()
+            self.units = units
+            self.dense = K.layers.Dense(units or 1, use_bias=use_bias and not use_bn)
+            self.bn_relu = BatchNormRelu(relu=False, center=use_bias) if use_bn else None
+
+        def build(self, input_shape):
+            self.dense.units = self.units or int(input_shape[-1])  # units None: keep the width
+            super().build(input_shape)
+
+        def call(self, x, training):
+            x = self.dense(x)
+            return self.bn_relu(x, training=training) if self.bn_relu else x
+
+    class ProjectionHead(K.layers.Layer):
+        def __init__(self):
+            super().__init__(name="projection_head")
+            self.linear_layers = [LinearLayer(None, True, True), LinearLayer(None, True, True),
+                                  LinearLayer(128, False, True)]
+
+        def call(self, x, training):
+            hiddens = [x]
+            for j, layer in enumerate(self.linear_layers):
+                h = layer(hiddens[-1], training)
+                hiddens.append(tf.nn.relu(h) if j < 2 else h)
+            return hiddens
+
+    class SupervisedHead(K.layers.Layer):
+        def __init__(self):
+            super().__init__(name="head_supervised")
+            self.linear_layer = LinearLayer(classes)
+
+        def call(self, x, training):
+            return self.linear_layer(x, training)
+
+    class Model(K.models.Model):
+        def __init__(self):
+            super().__init__()
+            self.resnet_model = Resnet()
+            self._projection_head = ProjectionHead()
+            if classes:
+                self.supervised_head = SupervisedHead()
+
+        def __call__(self, x, training):  # the official model overrides __call__ too
+            hiddens = self._projection_head(self.resnet_model(x, training=training), training)
+            return hiddens, self.supervised_head(hiddens[selector], training) if classes else None
+
+    class SimCLRModel(tf.Module):  # what run.py saves
+        def __init__(self, model):
+            self.model = model
+            self.trainable_variables_list = model.trainable_variables
+
+    return Model, SimCLRModel
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_tf2_saved_model_written_by_tf_keras_2(tmp_path, name):
+    """Where tf.keras 2 (``tf_keras``, the Keras of the official TF2 code) is installed: its export, imported."""
+    tf = _tf()
+    K = pytest.importorskip("tf_keras")
+    (depth, width, sk, cifar), size, classes, kind, selector = CASES[name]
+    Model, SimCLRModel = _keras2_official(tf, K, depth, 0.0625 if sk else 0.0, cifar, classes, selector,
+                                          int(64 * width))
+    model = Model()
+    x = tf.constant(np.random.default_rng(1).uniform(0, 1, (2, size, size, 3)).astype(np.float32))
+    model(x, training=False)
+    rng = np.random.default_rng(0)
+    for v in model.variables:  # distinct values, BN statistics included
+        leaf = v.name.split("/")[-1].split(":")[0]
+        value = {"gamma": lambda s: rng.uniform(0.5, 1.5, s), "moving_variance": lambda s: rng.uniform(0.5, 1.5, s),
+                 "kernel": lambda s: rng.normal(0, 1, s) / np.sqrt(np.prod(s[:-1]))}.get(
+            leaf, lambda s: rng.normal(0, 0.1, s))(tuple(v.shape))
+        v.assign(value.astype(np.float32))
+    hiddens, logits = model(x, training=False)
+    saved = tmp_path / kind / name / "saved_model"
+    try:  # the layers' traced functions are not needed here and take most of the time
+        from tf_keras.src.saving.legacy.saved_model.utils import keras_option_scope
+        scope = keras_option_scope(save_traces=False)
+    except ImportError:
+        import contextlib
+        scope = contextlib.nullcontext()
+    with scope:
+        tf.saved_model.save(SimCLRModel(model), str(saved))
+    result = tf_import.import_tf(saved.parent)
+    assert result.arch.name == name
+    outs, got_logits = _torch_outputs(result, x.numpy())
+    for got, want in zip(outs, hiddens):
+        assert got.shape == tuple(want.shape) and np.abs(got - want.numpy()).max() <= 1e-4
+    assert (logits is None) == (result.classifier is None)
+    if logits is not None:
+        assert np.abs(got_logits - logits.numpy()).max() <= 1e-4
+    assert result.used + result.skipped == len(TFBundle(saved / "variables" / "variables").names())

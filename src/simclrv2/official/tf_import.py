@@ -7,6 +7,10 @@ first in a block, then the main path) and checking every shape. Every tensor of 
 either used or deliberately skipped (optimizer slots, the momentum-contrast memory, ``global_step``,
 the EMA copy not chosen); anything else is an error naming it.
 
+TF2 SavedModels (and TF2 training checkpoints) key their variables by object-graph paths instead;
+:mod:`simclrv2.official.tf2_graph` walks the stored object graph and gives each variable its TF1
+name, after which both formats take the same path.
+
 Outputs, both ordinary checkpoints of ours:
 
 * ``OUT/pretrain``: encoder + projection head (``kind='pretrain'``), for ``finetune --pretrained``,
@@ -33,6 +37,7 @@ from simclrv2.errors import UserError
 from simclrv2.models.networks import Classifier, SimCLRModel, arch_of
 from simclrv2.models.head import ProjectionHead
 from simclrv2.models.resnet import RESNET_SPECS, BasicBlock, Bottleneck, ConvBnAct, ResNet, SelectiveKernelConv
+from simclrv2.official import tf2_graph
 from simclrv2.official.tf_bundle import BundleError, TFBundle
 from simclrv2.official.wnids import IMAGENET_WNIDS
 
@@ -272,10 +277,12 @@ class _Source:
 
     def __init__(self, bundle: TFBundle, ema: bool) -> None:
         self.bundle = bundle
+        self.labels: dict[str, str] = {}  # bundle key -> name in messages (TF2: the variable's name)
+        self.used: set[str] = set()
+        if tf2_graph.is_tf2(bundle):
+            self._tf2(ema)
+            return
         names = bundle.names()
-        if any(".ATTRIBUTES/VARIABLE_VALUE" in n for n in names):
-            raise TFImportError("this SavedModel uses TF2 object-graph variable names, which are not supported; "
-                                "import the TF1 checkpoint or the TF-Hub module of the same model instead")
         ema_names = [n for n in names if n.startswith(EMA)]
         if ema and not ema_names:
             raise TFImportError("--ema: the checkpoint has no ema_model/ copy")
@@ -290,7 +297,20 @@ class _Source:
                 self.skipped += 1  # the main copy of a variable whose EMA copy is taken
             else:
                 self.map[n] = n
-        self.used: set[str] = set()
+
+    def _tf2(self, ema: bool) -> None:
+        """A TF2 SavedModel or training checkpoint: TF1 names from the object graph (see tf2_graph)."""
+        if ema:
+            raise TFImportError("--ema: TF2 checkpoints hold one copy of the weights (no ema_model/)")
+        try:
+            self.map, skipped, self.labels = tf2_graph.tf1_names(self.bundle)
+        except tf2_graph.TF2Error as e:
+            raise TFImportError(str(e)) from None
+        known = set(self.map.values())
+        for key in self.bundle.names():  # unknown tensors stay in the map under their key: leftover() names them
+            if key not in known and key not in skipped:
+                self.map[key] = key
+        self.skipped = len(skipped & set(self.bundle.entries))
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {k: self.bundle.entries[v].shape for k, v in self.map.items()}
@@ -311,7 +331,7 @@ class _Source:
         return torch.from_numpy(value)
 
     def leftover(self) -> list[str]:
-        return sorted(self.map[n] for n in set(self.map) - self.used)
+        return sorted(self.labels.get(self.map[n], self.map[n]) for n in set(self.map) - self.used)
 
 
 def _bn(src: _Source, tf: str, ours: str, out: dict[str, Tensor], shift: bool = True) -> None:
