@@ -20,7 +20,15 @@ from simclrv2.config import merge, preset
 from simclrv2.data import datasets
 from simclrv2.train import classifier
 
-VARIANTS = {"default": {}, "finetune.epochs=30": {"finetune": {"epochs": 30}}}
+VARIANTS = {
+    "default": {},
+    "finetune.epochs=30": {"finetune": {"epochs": 30}},
+    # SGD (lr 0.4 x B/256, the supervised baseline's) instead of LARS: with eta = 0.001 and these short
+    # schedules LARS barely moves the encoder
+    "sgd": {"finetune": {"optimizer": "sgd", "lr": 0.4, "lr_scaling": "linear"}},
+    "sgd.epochs=30": {"finetune": {"optimizer": "sgd", "lr": 0.4, "lr_scaling": "linear", "epochs": 30}},
+    "finetune.lr=0.1": {"finetune": {"lr": 0.1}},
+}
 
 
 def measure(run: Path, seeds: list[int], fractions: list[float], variants: dict[str, dict]) -> list[dict[str, Any]]:
@@ -57,10 +65,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--run", required=True, help="a finished `simclrv2 pipeline` directory (its pretrain/last)")
     p.add_argument("--seeds", default="0,1,2,3,4")
     p.add_argument("--labels", default="0.01,0.1")
+    p.add_argument("--variants", default="default,finetune.epochs=30",
+                   help=f"comma-separated names from: {'; '.join(VARIANTS)}")
     p.add_argument("--json", help="write rows and min/mean/max here")
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
-    rows = measure(Path(args.run), seeds, [float(f) for f in args.labels.split(",")], VARIANTS)
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
+    rows = measure(Path(args.run), seeds, [float(f) for f in args.labels.split(",")], {v: VARIANTS[v] for v in names})
     result = {"rows": rows, "spans": spans(rows)}
     print(json.dumps(result["spans"], indent=1))
     if args.json:
