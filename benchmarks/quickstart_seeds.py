@@ -55,17 +55,20 @@ def _span(cell: dict[str, float], digits: int = 1) -> str:
 
 
 def markdown(summary: dict[str, Any]) -> str:
-    """The README's Quickstart table with min–max cells."""
+    """The README's Quickstart table: min–max (mean) cells."""
     head = "| labels | labeled images | " + " | ".join(title for _, title in COLUMNS) + " |"
     lines = [head, "|" + "---:|" * (2 + len(COLUMNS))]
     for labels, cells in sorted(summary["cells"].items(), key=lambda kv: float(kv[0])):
         count = _span(cells["labeled_images"], 0)
-        values = [_span(cells[stage]) if stage in cells else "-" for stage, _ in COLUMNS]
+        values = [f"{_span(cells[stage])} ({cells[stage]['mean']:.1f})" if stage in cells else "-"
+                  for stage, _ in COLUMNS]
         lines.append(f"| {float(labels) * 100:g}% | {count} | " + " | ".join(values) + " |")
     walls = [r["wall_seconds"] for r in summary["runs"]]
-    lines += ["", f"Top-1 (%) on the validation digits, min–max over seeds {', '.join(map(str, summary['seeds']))} "
+    knn = [r["pretrain_knn_top1"] for r in summary["runs"]]
+    lines += ["", f"Top-1 (%) on the validation digits, min–max (mean) over seeds {', '.join(map(str, summary['seeds']))} "
                   f"({summary['machine']}, torch {summary['torch']}, {summary['date']}); wall "
-                  f"{min(walls):.0f}–{max(walls):.0f} s per run."]
+                  f"{min(walls):.0f}–{max(walls):.0f} s per run. kNN with all labels after pretraining: "
+                  f"{min(knn):.1f}–{max(knn):.1f}."]
     return "\n".join(lines) + "\n"
 
 
@@ -75,8 +78,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--out", default="runs/quickstart-seeds", help="one run directory per seed under this")
     p.add_argument("--json", help="write the runs and ranges here")
     p.add_argument("--markdown", help="write the table here")
+    p.add_argument("--render", metavar="JSON", help="only print the table of a saved --json (no runs)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="passed to every run (none: the Quickstart)")
     args = p.parse_args(argv)
+    if args.render:
+        summary = json.loads(Path(args.render).read_text())
+        print(markdown(summary), end="")
+        return summary
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     runs = [run_seed(seed, Path(args.out) / f"seed_{seed}", args.overrides) for seed in seeds]
     summary = {"seeds": seeds, "overrides": args.overrides, "runs": runs, "cells": ranges(runs),
