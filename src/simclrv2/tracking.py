@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from simclrv2.crc32c import crc32c, mask_crc
+
 __all__ = ["TensorBoardLog", "tensorboard_enabled", "encode_scalar_event", "tfrecord"]
 
 # Keys of a metrics record that are not metrics: the step itself and bookkeeping.
@@ -62,11 +64,8 @@ def encode_scalar_event(wall_time: float, step: int | None = None, scalars: Mapp
 
 def tfrecord(data: bytes) -> bytes:
     """One TFRecord: length, masked CRC-32C of the length, data, masked CRC-32C of the data."""
-    from simclrv2.official.tf_bundle import crc32c  # the same checksum TensorFlow's files use
-
     def masked(b: bytes) -> bytes:
-        crc = crc32c(b)
-        return struct.pack("<I", (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
+        return struct.pack("<I", mask_crc(crc32c(b)))
 
     length = struct.pack("<Q", len(data))
     return length + masked(length) + data + masked(data)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from simclrv2.crc32c import crc32c, fast_crc32c, unmask_crc
+
 __all__ = ["BundleError", "BundleEntry", "TFBundle", "crc32c", "unmask_crc"]
 
 TABLE_MAGIC = 0xDB4775248B80FB57
@@ -106,48 +108,6 @@ def _entry(name: str, buf: bytes) -> BundleEntry:
         else:
             values[field] = value
     return BundleEntry(name, values[1], _shape(values[2]), values[3], values[4], values[5], values.get(6), sliced)
-
-
-# ---- crc32c (Castagnoli), as TensorFlow masks it ---------------------------------------------------
-
-def _crc_table() -> list[int]:
-    table = []
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-        table.append(c)
-    return table
-
-
-_TABLE = _crc_table()
-
-
-def _fast_crc32c():
-    for module, attr in (("google_crc32c", "value"), ("crc32c", "crc32c")):
-        try:
-            return getattr(__import__(module), attr)
-        except ImportError:
-            continue
-    return None
-
-
-_FAST = _fast_crc32c()
-
-
-def crc32c(data: bytes) -> int:
-    """CRC-32C of ``data`` (a C implementation when one is installed, else a table loop)."""
-    if _FAST is not None:
-        return _FAST(bytes(data))
-    crc, table = 0xFFFFFFFF, _TABLE
-    for b in data:
-        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
-
-
-def unmask_crc(masked: int) -> int:
-    rot = (masked - 0xA282EAD8) & 0xFFFFFFFF
-    return ((rot >> 17) | (rot << 15)) & 0xFFFFFFFF
 
 
 # ---- the SSTable ----------------------------------------------------------------------------------
@@ -255,7 +215,7 @@ class TFBundle:
             return self._strings(name, raw, e)
         if e.dtype not in DTYPES:
             raise BundleError(f"{name}: unsupported dtype enum {e.dtype}")
-        if e.crc32c is not None and (_FAST is not None or e.size <= VERIFY_WITHOUT_FAST_CRC):
+        if e.crc32c is not None and (fast_crc32c() is not None or e.size <= VERIFY_WITHOUT_FAST_CRC):
             if crc32c(raw) != unmask_crc(e.crc32c):
                 raise BundleError(f"{name}: checksum mismatch in {path} (corrupt file)")
         dtype = np.dtype(DTYPES[e.dtype]).newbyteorder("<")
