@@ -64,11 +64,11 @@ def markdown(summary: dict[str, Any]) -> str:
                   for stage, _ in COLUMNS]
         lines.append(f"| {float(labels) * 100:g}% | {count} | " + " | ".join(values) + " |")
     walls = [r["wall_seconds"] for r in summary["runs"]]
-    knn = [r["pretrain_knn_top1"] for r in summary["runs"]]
+    knn = [r["pretrain_knn_top1"] for r in summary["runs"] if r["pretrain_knn_top1"] is not None]
     lines += ["", f"Top-1 (%) on the validation digits, min–max (mean) over seeds {', '.join(map(str, summary['seeds']))} "
                   f"({summary['machine']}, torch {summary['torch']}, {summary['date']}); wall "
-                  f"{min(walls):.0f}–{max(walls):.0f} s per run. kNN with all labels after pretraining: "
-                  f"{min(knn):.1f}–{max(knn):.1f}."]
+                  f"{min(walls):.0f}–{max(walls):.0f} s per run."
+                  + (f" kNN with all labels after pretraining: {min(knn):.1f}–{max(knn):.1f}." if knn else "")]
     return "\n".join(lines) + "\n"
 
 

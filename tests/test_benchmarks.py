@@ -78,7 +78,7 @@ def test_throughput_measures_every_path(image_folder):
     assert r["device"].startswith("cpu") and r["batch_size"] == 8
 
 
-def test_quickstart_seeds_writes_ranges(tmp_path, monkeypatch):
+def test_quickstart_seeds_writes_ranges(tmp_path, monkeypatch, capsys):
     """One seed of a tiny Quickstart: the JSON holds every cell, the table has one row per label fraction."""
     import json
     import os
@@ -101,6 +101,11 @@ def test_quickstart_seeds_writes_ranges(tmp_path, monkeypatch):
     table = (tmp_path / "s.md").read_text().splitlines()
     assert table[0].startswith("| labels | labeled images | supervised | kNN | linear | fine-tune | distill")
     assert table[2].startswith("| 5% | ") and table[3].startswith("| 20% | ") and summary["cells"] == saved["cells"]
+    knn = saved["cells"]["0.2"]["knn"]["mean"]
+    assert f"| {knn:.1f} ({knn:.1f}) |" in table[3]  # a single seed: min = max, then the mean
+    capsys.readouterr()
+    seeds.main(["--render", str(tmp_path / "s.json")])
+    assert capsys.readouterr().out == (tmp_path / "s.md").read_text()
     two = seeds.ranges([{"rows": [{"labels": 0.1, "stage": "knn", "top1": t, "labeled_images": 143}]} for t in (70, 74)])
     assert two["0.1"]["knn"] == {"min": 70, "max": 74, "mean": 72, "n": 2}
     assert seeds._span(two["0.1"]["knn"]) == "70.0–74.0"
