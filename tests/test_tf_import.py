@@ -357,7 +357,8 @@ def test_imported_checkpoints_work_in_the_stages(official, tmp_path, capsys):
 
 
 def test_crc32c_and_corruption(official, tmp_path):
-    from simclrv2.official.tf_bundle import BundleError, crc32c
+    from simclrv2.crc32c import crc32c
+    from simclrv2.official.tf_bundle import BundleError
 
     assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
     folder, _ = official["r18_0.25x_sk0_cifar"]

@@ -50,7 +50,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from simclrv2.errors import UserError
-from simclrv2.official.tf_bundle import BundleError, TFBundle, _fields
+from simclrv2.official.tf_bundle import BundleError, TFBundle, proto_fields
 
 __all__ = ["OBJECT_GRAPH", "ObjectGraph", "TF2Error", "is_tf2", "tf1_names"]
 
@@ -80,12 +80,12 @@ class ObjectGraph:
     def __init__(self, data: bytes) -> None:
         self.nodes: list[Node] = []
         try:
-            for number, raw in _fields(data):
+            for number, raw in proto_fields(data):
                 if number != 1:
                     continue
                 node = Node()
-                for f, value in _fields(raw):
-                    msg = dict(_fields(value)) if f in (1, 2, 3) else {}
+                for f, value in proto_fields(raw):
+                    msg = dict(proto_fields(value)) if f in (1, 2, 3) else {}
                     if f == 1:  # ObjectReference: node_id, local_name
                         node.children[msg.get(2, b"").decode()] = msg.get(1, 0)
                     elif f == 2:  # SerializedTensor: name, full_name, checkpoint_key

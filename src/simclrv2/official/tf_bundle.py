@@ -16,7 +16,7 @@ import numpy as np
 
 from simclrv2.crc32c import crc32c, fast_crc32c, unmask_crc
 
-__all__ = ["BundleError", "BundleEntry", "TFBundle", "crc32c", "unmask_crc"]
+__all__ = ["BundleError", "BundleEntry", "TFBundle", "proto_fields"]
 
 TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48  # two block handles padded to 40 bytes, then the 8-byte magic
@@ -63,7 +63,7 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
             raise BundleError("varint too long")
 
 
-def _fields(buf: bytes) -> list[tuple[int, int | bytes]]:
+def proto_fields(buf: bytes) -> list[tuple[int, int | bytes]]:
     """(field number, value) pairs of a protobuf message: ints for varint/fixed, bytes for length-delimited."""
     out: list[tuple[int, int | bytes]] = []
     pos = 0
@@ -90,9 +90,9 @@ def _fields(buf: bytes) -> list[tuple[int, int | bytes]]:
 def _shape(buf: bytes) -> tuple[int, ...]:
     """``TensorShapeProto``: repeated Dim (field 2) with size (field 1)."""
     dims = []
-    for field, value in _fields(buf):
+    for field, value in proto_fields(buf):
         if field == 2:
-            size = dict(_fields(value)).get(1, 0)
+            size = dict(proto_fields(value)).get(1, 0)
             dims.append(size - (1 << 64) if size >= 1 << 63 else size)
         elif field == 3 and value:
             raise BundleError("tensor of unknown rank")
@@ -102,7 +102,7 @@ def _shape(buf: bytes) -> tuple[int, ...]:
 def _entry(name: str, buf: bytes) -> BundleEntry:
     values: dict[int, int | bytes] = {1: 0, 2: b"", 3: 0, 4: 0, 5: 0}
     sliced = False
-    for field, value in _fields(buf):
+    for field, value in proto_fields(buf):
         if field == 7:
             sliced = True
         else:
@@ -168,7 +168,7 @@ class TFBundle:
         for _, handle in _block_entries(_read_block(data, index_handle)):
             for key, value in _block_entries(_read_block(data, handle)):
                 if key == b"":
-                    header = dict(_fields(value))
+                    header = dict(proto_fields(value))
                     self.num_shards = header.get(1, 1)
                     if header.get(2, 0) != 0:
                         raise BundleError(f"{index}: big-endian checkpoints are not supported")
