@@ -46,7 +46,7 @@ from simclrv2.data.views import ViewMaker
 from simclrv2.losses import nt_xent
 from simclrv2.models.networks import build_pretrain_model
 from simclrv2.optim import build_optimizer
-from simclrv2.train.runtime import autocast, setup_backend
+from simclrv2.core.runtime import autocast, setup_backend
 
 
 class PILFiles(Dataset):

@@ -9,6 +9,7 @@ import torch
 
 torch.set_num_threads(1)  # tiny networks: one thread is fastest, and CI has 2 cores
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # so runs keep it (threads=0 respects OMP_NUM_THREADS)
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # the official TF2 code (tests/official.py) is tf.keras 2 code
 
 SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-train-jpeg.tar.gz"
 

@@ -14,7 +14,7 @@ from simclrv2.cli import main
 from simclrv2.config import ConfigError
 from simclrv2.errors import NonFiniteError
 from simclrv2.optim import lr_at
-from simclrv2.train.runtime import Runtime
+from simclrv2.core.runtime import Runtime
 from simclrv2.train.stepper import Stepper
 from simclrv2.train.loop import Stage, fit
 from test_bad_input import tree_hash

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from simclrv2.cli import main
-from simclrv2.train import runtime
+from simclrv2.core import runtime
 
 
 @pytest.fixture(autouse=True)

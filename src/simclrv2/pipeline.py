@@ -15,15 +15,15 @@ from simclrv2 import checkpoint, distributed
 from simclrv2 import report as report_figures
 from simclrv2.config import Config, EvalConfig
 from simclrv2.data import datasets
-from simclrv2.eval import knn_predict
+from simclrv2.core.knn import knn_predict
 from simclrv2.eval.linear import describe, linear_probe
 from simclrv2.models.networks import build_network, build_pretrain_model
 from simclrv2.train import classifier, distill, pretrain, summary
 from simclrv2.train.summary import count_params
-from simclrv2.inference.batched import infer
-from simclrv2.train.runtime import resolve_device
-from simclrv2.eval.metrics import topk_accuracy
-from simclrv2.train.runtime import configure_threads
+from simclrv2.core.batched import infer
+from simclrv2.core.runtime import resolve_device
+from simclrv2.core.metrics import topk_accuracy
+from simclrv2.core.runtime import configure_threads
 
 STAGE_ORDER = ("supervised", "knn", "linear", "finetune", "distill")
 

@@ -223,8 +223,8 @@ def _student_figures(out_dir: Path, results: dict[str, Any], splits: Splits, dev
                      ) -> list[Path]:
     """t-SNE and confusion matrix of the final student on the validation split."""
     from simclrv2.train.classifier import load_classifier
-    from simclrv2.inference.batched import infer
-    from simclrv2.train.runtime import resolve_device
+    from simclrv2.core.batched import infer
+    from simclrv2.core.runtime import resolve_device
 
     row = final_student_row(results)
     if row is None or splits.val is None or len(splits.val) == 0:

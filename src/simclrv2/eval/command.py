@@ -66,14 +66,14 @@ def select(splits: datasets.Splits, split: str) -> datasets.ImageSet:
 
 def run(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
     """Evaluate ``args.checkpoint`` on the data of ``cfg``; print and (with ``--out``) save the results."""
-    from simclrv2.eval import knn_predict
+    from simclrv2.core.knn import knn_predict
     from simclrv2.eval.linear import describe, linear_probe
     from simclrv2.models.networks import build_network
     from simclrv2.train.summary import count_params
-    from simclrv2.eval.metrics import evaluate_classifier, topk_accuracy
-    from simclrv2.inference.batched import infer
-    from simclrv2.train.runtime import resolve_device
-    from simclrv2.train.runtime import configure_threads
+    from simclrv2.core.metrics import evaluate_classifier, topk_accuracy
+    from simclrv2.core.batched import infer
+    from simclrv2.core.runtime import resolve_device
+    from simclrv2.core.runtime import configure_threads
 
     tensors, meta = checkpoint.load(args.checkpoint)
     net = build_network(meta["arch"])

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int | None:
 
 
 def _device(name: str):
-    from simclrv2.train.runtime import resolve_device
+    from simclrv2.core.runtime import resolve_device
 
     try:
         return resolve_device(name)

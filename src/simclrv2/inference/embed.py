@@ -24,7 +24,7 @@ from simclrv2.config import DataConfig, from_dict
 from simclrv2.data import datasets
 from simclrv2.inference import InferenceError
 from simclrv2.models.networks import build_network
-from simclrv2.inference.batched import infer
+from simclrv2.core.batched import infer
 
 __all__ = ["SPLITS", "load_network", "feature_fn", "data_config", "extract", "embed_splits", "save_features"]
 

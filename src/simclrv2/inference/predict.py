@@ -18,7 +18,7 @@ from torch import nn
 from simclrv2.checkpoint import atomic_write
 from simclrv2.data import datasets
 from simclrv2.inference import InferenceError
-from simclrv2.inference.batched import infer
+from simclrv2.core.batched import infer
 
 __all__ = ["Prediction", "collect_images", "predict_files", "format_table", "write_csv"]
 

@@ -21,9 +21,9 @@ from simclrv2.data.feed import BatchFeed
 from simclrv2.data.views import ViewMaker
 from simclrv2.models.networks import arch_of, build_network, classifier_from
 from simclrv2 import distributed
-from simclrv2.train.runtime import Runtime, autocast, start
+from simclrv2.core.runtime import Runtime, autocast, start
 from simclrv2.train.summary import count_params
-from simclrv2.eval.metrics import evaluate_classifier
+from simclrv2.core.metrics import evaluate_classifier
 from simclrv2.train.stepper import make_stepper
 from simclrv2.train.batching import steps_per_epoch
 from simclrv2.train import summary

@@ -17,9 +17,9 @@ from simclrv2.data.views import ViewMaker
 from simclrv2.losses import distill_loss
 from simclrv2.models.networks import arch_of, build_network
 from simclrv2.train.classifier import load_classifier, select_labeled
-from simclrv2.train.runtime import autocast, prepare_model, start
+from simclrv2.core.runtime import autocast, prepare_model, start
 from simclrv2.train.summary import count_params
-from simclrv2.eval.metrics import evaluate_classifier
+from simclrv2.core.metrics import evaluate_classifier
 from simclrv2.train.stepper import make_stepper
 from simclrv2.train.batching import steps_per_epoch
 from simclrv2.train import summary

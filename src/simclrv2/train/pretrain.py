@@ -12,16 +12,16 @@ from simclrv2.config import Config
 from simclrv2.data import datasets
 from simclrv2.data.feed import BatchFeed
 from simclrv2.data.views import ViewMaker
-from simclrv2.eval.knn import knn_predict
+from simclrv2.core.knn import knn_predict
 from simclrv2.losses import nt_xent
 from simclrv2.models.networks import SimCLRModel, arch_of, build_pretrain_model
 from simclrv2 import distributed
-from simclrv2.train.runtime import autocast, start
+from simclrv2.core.runtime import autocast, start
 from simclrv2.train.summary import count_params
-from simclrv2.inference.batched import infer
+from simclrv2.core.batched import infer
 from simclrv2.train.stepper import make_stepper
 from simclrv2.train.batching import steps_per_epoch
-from simclrv2.eval.metrics import topk_accuracy
+from simclrv2.core.metrics import topk_accuracy
 from simclrv2.train.memory import MemoryQueue, MovingAverage, capped_size
 from simclrv2.train import summary
 from simclrv2.train.loop import Stage, fit

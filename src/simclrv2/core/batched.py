@@ -7,7 +7,7 @@ from torch import Tensor
 
 from simclrv2.data.feed import chunks
 from simclrv2.data.files import FileImages
-from simclrv2.train.runtime import autocast
+from simclrv2.core.runtime import autocast
 
 
 @torch.no_grad()
