@@ -126,7 +126,7 @@ class Model:
 
     def to(self, device: str | torch.device) -> "Model":
         """Move the network to ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``); returns ``self``."""
-        self.device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+        self.device = resolve_device(str(device))
         self.network.to(self.device)
         return self
 
@@ -220,7 +220,8 @@ def _sources(images: Images) -> tuple[list[Path | Tensor], list[str]]:
         _check_tensor(images, 4, "[B, 3, H, W]")
         return list(images.cpu()), [f"<image {i}>" for i in range(len(images))]
     if not isinstance(images, Iterable):
-        raise TypeError(f"images must be a path, a folder, a uint8 tensor or a list of them, not {type(images).__name__}")
+        raise TypeError(f"images must be a path, a folder, a uint8 tensor or a list of them, not "
+                        f"{type(images).__name__}")
     items = list(images)
     if all(isinstance(i, (str, Path)) for i in items):
         files = predict.collect_images(items)
