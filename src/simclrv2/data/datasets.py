@@ -25,7 +25,8 @@ from torch import Tensor
 
 from simclrv2.config import DataConfig
 from simclrv2.data.errors import DataError
-from simclrv2.data.files import FileImages, UnreadableImage, cap_size, capped_shape, decode_file, eval_crop, fit_square, image_size_of
+from simclrv2.data.files import (FileImages, UnreadableImage, cap_size, capped_shape, decode_file, eval_crop,
+                                 fit_short_side, fit_square, image_size_of)
 from simclrv2.data.ragged import RaggedImages
 
 log = logging.getLogger(__name__)
@@ -304,7 +305,7 @@ def should_stream(cfg: DataConfig, files: list[Path] | int) -> bool:
     return nbytes > memory_budget(cfg)
 
 
-def decode_images(files: list[Path], size: int, workers: int = 4, crop: str = "eval", cap: int | None = None,
+def decode_images(files: list[Path | Tensor], size: int, workers: int = 4, crop: str = "eval", cap: int | None = None,
                   max_pixels: int | None = None) -> tuple[Tensor | RaggedImages, list[str | None]]:
     """Decode files (:func:`simclrv2.data.files.decode_file`, as the streaming path does) as kept for
     ``crop``: ``full`` -- each at its own size, short side at most ``cap``, a :class:`RaggedImages`
@@ -312,7 +313,8 @@ def decode_images(files: list[Path], size: int, workers: int = 4, crop: str = "e
     and centre-cropped; ``eval`` -- the evaluation view (:func:`eval_crop`, what ``predict`` feeds).
 
     Also returns, per file, None or why it could not be read; unreadable files are left out of the
-    images.
+    images. An item may also be an image decoded already (uint8 ``[3, H, W]``, as :func:`decode_file`
+    returns it), which is kept as if it had been read from a file.
     """
     from simclrv2.data.files import MAX_PIXELS
 
@@ -322,7 +324,10 @@ def decode_images(files: list[Path], size: int, workers: int = 4, crop: str = "e
 
     def work(i: int) -> None:
         try:
-            image = decode_file(files[i], None if crop == "square" else cap, max_pixels or MAX_PIXELS)
+            if isinstance(files[i], Tensor):  # decoded already (uint8 [3, H, W]): as if read from a file
+                image = files[i] if crop == "square" else fit_short_side(files[i], cap)
+            else:
+                image = decode_file(files[i], None if crop == "square" else cap, max_pixels or MAX_PIXELS)
         except UnreadableImage as e:
             errors[i] = str(e)
             return

@@ -95,10 +95,9 @@ def _predict(args: argparse.Namespace) -> int:
 
     net, meta = load_classifier(args.checkpoint)
     files = predict.collect_images(args.images)
-    data = meta.get("config", {}).get("data", {})
-    predictions, unreadable = predict.predict_files(net, meta["classes"], int(meta["image_size"]), files, args.top,
-                                                    _device(args.device), args.batch_size, crop=data.get("crop", "full"),
-                                                    cap=data.get("cache_size") or None)
+    predictions, unreadable = predict.predict_files(net, meta["classes"], files=files, top=args.top,
+                                                    device=_device(args.device), batch_size=args.batch_size,
+                                                    **predict.eval_settings(meta))
     for reason in unreadable:
         print(f"simclrv2 predict: warning: cannot read image {reason}; skipped", file=sys.stderr)
     if not predictions:

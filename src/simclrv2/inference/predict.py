@@ -11,16 +11,18 @@ import csv
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from simclrv2.checkpoint import atomic_write
 from simclrv2.data import datasets
 from simclrv2.inference import InferenceError
 from simclrv2.core.batched import infer
 
-__all__ = ["Prediction", "collect_images", "predict_files", "format_table", "write_csv"]
+__all__ = ["Prediction", "collect_images", "eval_settings", "eval_views", "probabilities", "top_classes",
+           "predict_files", "format_table", "write_csv"]
 
 
 @dataclass
@@ -59,6 +61,36 @@ def collect_images(paths: Iterable[str | Path]) -> list[Path]:
     return files
 
 
+def eval_settings(meta: dict[str, Any]) -> dict[str, Any]:
+    """How a checkpoint's network sees an image: its ``image_size`` and its training run's
+    ``data.crop`` / ``data.cache_size`` (the keyword arguments of :func:`eval_views`)."""
+    data = meta.get("config", {}).get("data", {})
+    return {"image_size": int(meta["image_size"]), "crop": data.get("crop", "full"),
+            "cap": data.get("cache_size") or None}
+
+
+def eval_views(images: Sequence[Path | Tensor], image_size: int, crop: str = "full", cap: int | None = None,
+               workers: int = 4) -> tuple[Tensor, list[str | None]]:
+    """The evaluation views (uint8 ``[N, 3, S, S]``) of image files, or of images already decoded
+    (uint8 ``[3, H, W]``, taken as if read from a file), and per image None or why it could not be
+    read (unreadable files are left out of the views)."""
+    return datasets.decode_images(list(images), image_size, workers, "square" if crop == "square" else "eval", cap)
+
+
+def probabilities(net: nn.Module, views: Tensor, device: torch.device, batch_size: int = 256) -> Tensor:
+    """Softmax class probabilities (float32 ``[N, C]`` on CPU) of uint8 evaluation views."""
+    return infer(net.to(device).eval(), views, device, batch_size=batch_size, amp=False).softmax(dim=1)
+
+
+def top_classes(probs: Tensor, classes: Sequence[str], paths: Sequence[str], top: int = 5) -> list[Prediction]:
+    """The ``top`` most probable classes of each row of ``probs``, most probable first."""
+    if top < 1:
+        raise InferenceError(f"--top must be >= 1, got {top}")
+    values, indices = probs.topk(min(top, probs.shape[1]), dim=1)
+    return [Prediction(str(path), [classes[c] for c in idx.tolist()], val.tolist())
+            for path, idx, val in zip(paths, indices, values)]
+
+
 @torch.no_grad()
 def predict_files(net: nn.Module, classes: Sequence[str], image_size: int, files: Sequence[Path], top: int = 5,
                   device: torch.device | str = "cpu", batch_size: int = 256, workers: int = 4, crop: str = "full",
@@ -68,18 +100,13 @@ def predict_files(net: nn.Module, classes: Sequence[str], image_size: int, files
     if top < 1:
         raise InferenceError(f"--top must be >= 1, got {top}")
     device = torch.device(device)
-    images, errors = datasets.decode_images(list(files), image_size, workers, "square" if crop == "square" else "eval",
-                                            cap)
+    images, errors = eval_views(files, image_size, crop, cap, workers)
     readable = [i for i, e in enumerate(errors) if e is None]
     unreadable = [e for e in errors if e is not None]
     if not readable:
         return [], unreadable
-    logits = infer(net.to(device).eval(), images, device, batch_size=batch_size, amp=False)
-    probs = logits.softmax(dim=1)
-    values, indices = probs.topk(min(top, probs.shape[1]), dim=1)
-    predictions = [Prediction(str(files[i]), [classes[c] for c in idx.tolist()], val.tolist())
-                   for i, idx, val in zip(readable, indices, values)]
-    return predictions, unreadable
+    probs = probabilities(net, images, device, batch_size)
+    return top_classes(probs, classes, [files[i] for i in readable], top), unreadable
 
 
 def format_table(predictions: Sequence[Prediction]) -> str:
