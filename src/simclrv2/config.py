@@ -65,6 +65,10 @@ class AugConfig:
     min_scale: float = 0.08  # smallest crop area fraction of random resized crop
     flip: float = 0.5  # horizontal-flip probability (0 for data where left/right matters, e.g. digits)
     backend: str = "batched"  # batched (on the training device) | torchvision (per image, workers)
+    # official: google-research/simclr's preprocess_for_train (TF crop sampler, bicubic resize, TF colour
+    # ops, batch blur), what the paper measured | torchvision: RandomResizedCrop/ColorJitter semantics,
+    # kept for comparison and for the digits preset's tuned recipe
+    style: str = "official"
 
 
 @dataclass
@@ -219,6 +223,9 @@ class Config:
         _check(self.aug.color_strength >= 0, "aug.color_strength must be >= 0")
         _check(0 < self.aug.min_scale <= 1, "aug.min_scale must be in (0, 1]")
         _check(self.aug.backend in ("batched", "torchvision"), "aug.backend must be batched or torchvision")
+        _check(self.aug.style in ("official", "torchvision"), "aug.style must be official or torchvision")
+        _check(self.aug.backend == "batched" or self.aug.style == "torchvision",
+               "aug.backend=torchvision is the per-image torchvision reference: it needs aug.style=torchvision")
         if self.labels is not None:
             _check(0 < self.labels <= 1, f"labels={self.labels}: a label fraction must be in (0, 1]")
         if self.labels_per_class is not None:
@@ -307,7 +314,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "label_fractions": [0.01, 0.1],
         "data": {"dataset": "digits", "image_size": 8, "val_fraction": 0.2},
         "model": {"model": "resnet18", "width": 0.25, "cifar_stem": True, "head_layers": 3},
-        "aug": {"color_strength": 0.5, "blur": False, "min_scale": 0.3, "flip": 0.0},  # a mirrored digit is another digit
+        "aug": {"color_strength": 0.5, "blur": False, "min_scale": 0.3, "flip": 0.0,  # a mirrored digit is another digit
+                "style": "torchvision"},  # its tuned 8 px recipe; no published one to follow
         "pretrain": {"epochs": 60, "batch_size": 256, "lr": 1.0, "lr_scaling": "linear",
                      "warmup_epochs": 5, "weight_decay": 1e-4, "temperature": 0.2,
                      "knn_every": 10, "knn_k": 50},
