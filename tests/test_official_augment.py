@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -171,15 +173,16 @@ class _Script:
 def test_preprocess_for_train_end_to_end_with_draws_fixed(monkeypatch, strength):
     off = official.load()
     tf, du = off.tf, off.data_util
-    n, size = 6, 12
+    n, size = 24, 12  # every op order once
     g = torch.Generator().manual_seed(3)
     images = (torch.rand(n, 3, 30, 22, generator=g) * 255).round().to(torch.uint8)
     boxes = oa.sample_distorted_boxes(30, 22, n, generator=g)
-    flips = torch.tensor([True, False, True, False, False, True])
+    idx = torch.arange(n)
+    flips = idx % 2 == 0
     p = oa.color_params(n, strength, g)
-    p["jitter"] = torch.tensor([True, True, True, True, False, False])
-    p["gray"] = torch.tensor([False, True, False, False, True, False])
-    p["order"] = torch.stack([torch.randperm(4, generator=g) for _ in range(n)])
+    p["jitter"] = idx % 6 != 5
+    p["gray"] = idx % 4 == 1
+    p["order"] = torch.tensor(list(itertools.permutations(range(4))))
     ours = oa.apply_color(oa.resize_bicubic_boxes(images, boxes, size, flips), p)
     refs = []
     for k in range(n):
@@ -187,9 +190,10 @@ def test_preprocess_for_train_end_to_end_with_draws_fixed(monkeypatch, strength)
             _Script(m, du, tf, boxes[k].tolist(), bool(flips[k]), p, k, strength)
             image = tf.image.convert_image_dtype(tf.constant(images[k].permute(1, 2, 0).numpy()), tf.float32)
             refs.append(du.preprocess_for_train(image, size, size, color_jitter_strength=strength, impl="simclrv2"))
-        np.testing.assert_allclose(_hwc(ours, k), refs[k].numpy(), atol=1e-5, rtol=0, err_msg=f"image {k}")
+        np.testing.assert_allclose(_hwc(ours, k), refs[k].numpy(), atol=1e-5, rtol=0,
+                                   err_msg=f"image {k}, order {p['order'][k].tolist()}")
     # batch_random_blur with its sigma and per-image selector fixed
-    sigma, keep = 1.3, [0.2, 0.7, 0.4, 0.9, 0.1, 0.6]  # uniform draws: blur where < 0.5
+    sigma, keep = 1.3, torch.rand(n, generator=g).tolist()  # uniform draws: blur where < 0.5
 
     def uniform(shape, minval=0, maxval=None, dtype=tf.float32):
         if minval == 0.1:

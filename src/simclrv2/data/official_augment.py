@@ -33,7 +33,6 @@ saturation blend with the gray image instead of the channel means and HSV).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -59,10 +58,16 @@ def _float01(x: Tensor) -> Tensor:
     return x.float().mul_(1 / 255) if x.dtype == torch.uint8 else x.float().clone()
 
 
-def _per_image(v: Tensor | float, x: Tensor) -> Tensor:
+def _as_tensor(v: Tensor | float, x: Tensor) -> Tensor:
+    """``v`` on ``x``'s device (a fill, not a host-to-device copy, which would sync)."""
     if isinstance(v, Tensor):
-        return v.to(device=x.device, dtype=x.dtype).reshape(-1, 1, 1, 1)
-    return torch.full((1, 1, 1, 1), float(v), dtype=x.dtype, device=x.device)
+        return v.to(device=x.device, dtype=x.dtype)
+    return torch.full((), float(v), dtype=x.dtype, device=x.device)
+
+
+def _per_image(v: Tensor | float, x: Tensor) -> Tensor:
+    """A scalar or ``[N]`` per-image value shaped to broadcast against ``[N, C, H, W]``."""
+    return _as_tensor(v, x).reshape(-1, 1, 1, 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,35 +248,40 @@ def adjust_contrast(x: Tensor, factor: Tensor | float) -> Tensor:
     return (x - mean) * _per_image(factor, x) + mean
 
 
-def adjust_saturation(x: Tensor, factor: Tensor | float) -> Tensor:
-    """``tf.image.adjust_saturation``: HSV S scaled by ``factor`` and clipped to [0, 1], H and V kept.
+def _hsv(x: Tensor, delta: Tensor | None, saturation: Tensor | None, sat_on: Tensor | None = None) -> Tensor:
+    """Hue rotation by ``delta`` turns and/or HSV saturation scaled by ``saturation`` (per image;
+    None: that part off; saturation only where ``sat_on`` if given), without the HSV round trip.
 
-    Without the HSV round trip: each channel is ``v + (s' / s) (x - v)`` with ``v`` the max channel,
-    ``s = (v - min) / v`` and ``s' = clip(s * factor, 0, 1)``, i.e. ``min(factor, v / (v - min))``;
-    pixels with ``v <= 0`` become gray ``v`` (TF's ``s = 0``)."""
-    v = x.amax(1, keepdim=True)
-    chroma = v - x.amin(1, keepdim=True)
-    f = _per_image(factor, x)
-    ratio = torch.where(chroma > 0, v / torch.where(chroma > 0, chroma, 1.0), torch.full_like(v, math.inf))
-    scale = torch.where(v > 0, torch.minimum(f.clamp(min=0), ratio), torch.zeros_like(v))
-    return v + scale * (x - v)
+    With ``v`` the max channel and chroma ``C = v - min``, channel ``n`` in (R 5, G 3, B 1) is
+    ``v - C' * clip(2 - |k_n - 2|, 0, 1)``, ``k_n = (n + 6 h) mod 6``: TF's ``adjust_hue`` keeps
+    ``C' = C`` (max and min kept); ``adjust_saturation`` scales S = C / v and clips it to [0, 1],
+    i.e. ``C' = min(v, f C)``, and makes pixels with ``v <= 0`` gray (TF's ``s = 0``).
+    """
+    r, g, b = x.unbind(1)
+    v = torch.maximum(torch.maximum(r, g), b)
+    chroma = torch.minimum(torch.minimum(r, g), b).neg_().add_(v)
+    num = torch.where(v == r, g - b, torch.where(v == g, (b - r).add_(chroma, alpha=2), (r - g).add_(chroma, alpha=4)))
+    hue6 = num.div_(torch.where(chroma > 0, chroma, 1.0))  # chroma 0: num is 0, so hue 0
+    if delta is not None:
+        hue6.add_(_per_image(delta, x).view(-1, 1, 1), alpha=6.0)
+    if saturation is not None:
+        scaled = torch.minimum(chroma * _per_image(saturation, x).view(-1, 1, 1).clamp(min=0), v)
+        scaled = scaled.mul_(v > 0)  # v <= 0: S = 0, gray
+        chroma = scaled if sat_on is None else torch.where(sat_on.view(-1, 1, 1), scaled, chroma)
+    k = hue6.unsqueeze(1) + torch.tensor([5.0, 3.0, 1.0], device=x.device).view(1, 3, 1, 1)
+    k.sub_(k.mul(1 / 6).floor_(), alpha=6.0)  # mod 6
+    weight = k.sub_(2.0).abs_().neg_().add_(2.0).clamp_(0, 1)
+    return torch.addcmul(v.unsqueeze(1), chroma.unsqueeze(1), weight, value=-1, out=weight)
+
+
+def adjust_saturation(x: Tensor, factor: Tensor | float) -> Tensor:
+    """``tf.image.adjust_saturation``: HSV S scaled by ``factor`` and clipped to [0, 1], H and V kept."""
+    return _hsv(x, None, _as_tensor(factor, x))
 
 
 def adjust_hue(x: Tensor, delta: Tensor | float) -> Tensor:
-    """``tf.image.adjust_hue``: rotate the hue by ``delta`` turns keeping the max and min channels.
-
-    Channel ``n`` in (R 5, G 3, B 1) is ``max - C * clip(2 - |k_n - 2|, 0, 1)`` with chroma
-    ``C = max - min`` and ``k_n = (n + 6 h) mod 6``."""
-    r, g, b = x.unbind(1)
-    maxc = torch.maximum(torch.maximum(r, g), b)
-    chroma = maxc - torch.minimum(torch.minimum(r, g), b)
-    num = torch.where(maxc == r, g - b, torch.where(maxc == g, b - r + 2 * chroma, r - g + 4 * chroma))
-    hue6 = torch.where(chroma > 0, num / torch.where(chroma > 0, chroma, 1.0), torch.zeros_like(num))
-    hue6 = hue6 + 6 * _per_image(delta, x).reshape(-1, 1, 1)
-    k = hue6.unsqueeze(1) + torch.tensor([5.0, 3.0, 1.0], device=x.device).view(1, 3, 1, 1)
-    k = k - 6 * torch.floor(k / 6)
-    weight = (2 - (k - 2).abs()).clamp(0, 1)
-    return maxc.unsqueeze(1) - chroma.unsqueeze(1) * weight
+    """``tf.image.adjust_hue``: rotate the hue by ``delta`` turns keeping the max and min channels."""
+    return _hsv(x, _as_tensor(delta, x), None)
 
 
 def color_params(n: int, strength: float, generator: torch.Generator | None,
@@ -297,35 +307,52 @@ def color_params(n: int, strength: float, generator: torch.Generator | None,
     }
 
 
+_NONE = 4  # op code of an empty slot
+_SLOTS = 8  # affine, affine, HSV, affine, affine, HSV, affine, affine
+_HSV_SLOTS = (2, 5)
+
+
+def _schedule(order: Tensor, jitter: Tensor) -> Tensor:
+    """``[n, 8]`` op codes per slot: each image's ops in its order, hue and saturation (the HSV ops)
+    in slots 2 and 5, brightness and contrast (affine) in the slots around them, the rest empty."""
+    n = order.shape[0]
+    slots = torch.full((n, _SLOTS), _NONE, dtype=order.dtype, device=order.device)
+    hsv_seen = torch.zeros(n, dtype=order.dtype, device=order.device)
+    affine_seen = torch.zeros_like(hsv_seen)  # in the current group, since the last HSV op
+    for i in range(4):
+        op = order[:, i]
+        hsv = (op == _SATURATION) | (op == _HUE)
+        slot = torch.where(hsv, 3 * hsv_seen + 2, 3 * hsv_seen + affine_seen)
+        slots.scatter_(1, slot[:, None], op[:, None])
+        affine_seen = torch.where(hsv, 0, affine_seen + 1)
+        hsv_seen = hsv_seen + hsv.to(hsv_seen.dtype)
+    return slots.masked_fill_(~jitter[:, None], _NONE)
+
+
 def apply_color(x: Tensor, p: dict[str, Tensor]) -> Tensor:
     """``random_color_jitter`` with its draws ``p`` fixed (see :func:`color_params`), then the final
-    clip of ``preprocess_for_train``.
+    clip of ``preprocess_for_train`` (``x`` is modified).
 
-    Slot ``i`` of the jitter applies, to each image where ``jitter``, that image's ``order[:, i]``
-    op, then clips; brightness, contrast and saturation are all ``r + f (x - r)`` with a per-image
-    or per-pixel ``f`` and reference ``r``, so one slot serves them for every image; hue is
-    computed for the whole batch in each slot and taken where it is the image's op.
+    Where ``jitter``, each image gets its four ops in its ``order``, clipping after each. Vectorised
+    by slots (:func:`_schedule`): in an affine slot brightness (``x * f``) and contrast
+    (``m + f (x - m)``, ``m`` the channel means) are one ``r + f (x - r)`` for every image; in an
+    HSV slot hue and saturation are one :func:`_hsv` -- two HSV passes for the batch, not four.
     """
-    n = x.shape[0]
-    jitter = p["jitter"].view(-1, 1, 1, 1)
-    order = p["order"].to(x.device)
-    for i in range(4):
-        op = order[:, i].view(-1, 1, 1, 1)
-        mean = x.mean((2, 3), keepdim=True)
-        v = x.amax(1, keepdim=True)
-        chroma = v - x.amin(1, keepdim=True)
-        sat = _per_image(p["saturation"], x).clamp(min=0)
-        ratio = torch.where(chroma > 0, v / torch.where(chroma > 0, chroma, 1.0), torch.full_like(v, math.inf))
-        sat_f = torch.where(v > 0, torch.minimum(sat, ratio), torch.zeros_like(v))
-        zero = torch.zeros_like(mean)
-        ref = torch.where(op == _CONTRAST, mean, torch.where(op == _SATURATION, v, zero))
-        f = torch.where(op == _BRIGHTNESS, _per_image(p["brightness"], x),
-                        torch.where(op == _CONTRAST, _per_image(p["contrast"], x), sat_f))
-        y = ref + f * (x - ref)
-        y = torch.where(op == _HUE, adjust_hue(x, p["hue"]), y)
-        x = torch.where(jitter, y.clamp_(0, 1), x)
-    x = torch.where(p["gray"].view(-1, 1, 1, 1), rgb_to_grayscale(x), x)
-    del n
+    slots = _schedule(p["order"].to(x.device), p["jitter"].to(x.device))
+    one = torch.ones_like(p["brightness"])
+    for i in range(_SLOTS):
+        op = slots[:, i]
+        on = (op != _NONE).view(-1, 1, 1, 1)
+        if i in _HSV_SLOTS:
+            y = _hsv(x, torch.where(op == _HUE, p["hue"], 0.0), p["saturation"], op == _SATURATION)
+            x = torch.where(on, y.clamp_(0, 1), x, out=x)
+        else:  # x * f + m (1 - f) in place, clipped only where an op ran (the input may be unclipped)
+            contrast = op == _CONTRAST
+            f = torch.where(op == _BRIGHTNESS, p["brightness"], torch.where(contrast, p["contrast"], one))
+            bias = x.mean((2, 3), keepdim=True).mul_(((1 - f) * contrast).view(-1, 1, 1, 1))
+            x.mul_(_per_image(f, x)).add_(bias)
+            x.clamp_(torch.where(on, 0.0, -torch.inf), torch.where(on, 1.0, torch.inf))
+    x = torch.where(p["gray"].view(-1, 1, 1, 1), rgb_to_grayscale(x), x, out=x)
     return x.clamp_(0, 1)
 
 
