@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import official
-from simclrv2.config import preset
+from simclrv2.config import ConfigError, build_config, from_dict, preset
 from simclrv2.data import gpu_augment
 from simclrv2.data import official_augment as oa
 from simclrv2.data.ragged import RaggedImages
@@ -290,6 +290,17 @@ def test_presets_select_the_official_path():
     got = ViewMaker.for_pretraining(cfg, torch.device("cpu"), seed=4)(images)
     want = gpu_augment.simclr_views(images, 8, 0.5, False, 0.3, torch.Generator().manual_seed(4), 0.0)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_style_option():
+    assert build_config("cifar10", overrides=["aug.style=torchvision"]).aug.style == "torchvision"
+    with pytest.raises(ConfigError, match="aug.style must be official or torchvision"):
+        build_config("cifar10", overrides=["aug.style=tf"])
+    with pytest.raises(ConfigError, match="needs aug.style=torchvision"):
+        build_config("imagenet", overrides=["aug.backend=torchvision"])
+    saved = preset("cifar10").to_dict()
+    del saved["aug"]["style"]  # a config saved before the option: its run resumes with what it trained with
+    assert from_dict(saved).aug.style == "torchvision"
 
 
 def test_ragged_photos_crop_on_their_own_size():

@@ -66,9 +66,10 @@ class AugConfig:
     flip: float = 0.5  # horizontal-flip probability (0 for data where left/right matters, e.g. digits)
     backend: str = "batched"  # batched (on the training device) | torchvision (per image, workers)
     # official: google-research/simclr's preprocess_for_train (TF crop sampler, bicubic resize, TF colour
-    # ops, batch blur), what the paper measured | torchvision: RandomResizedCrop/ColorJitter semantics,
-    # kept for comparison and for the digits preset's tuned recipe
-    style: str = "official"
+    # ops, batch blur), what the paper measured; the imagenet, cifar10 and folder presets | torchvision:
+    # RandomResizedCrop/ColorJitter semantics, for comparison, the digits preset and configs saved before
+    # the option existed (a resumed run keeps its augmentation)
+    style: str = "torchvision"
 
 
 @dataclass
@@ -282,7 +283,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "imagenet": {
         "data": {"dataset": "folder", "image_size": 224},
         "model": {"model": "resnet50", "width": 1.0, "cifar_stem": False},
-        "aug": {"color_strength": 1.0, "blur": True},
+        "aug": {"color_strength": 1.0, "blur": True, "style": "official"},
         "pretrain": {"epochs": 800, "batch_size": 4096, "lr": 0.1, "lr_scaling": "sqrt",
                      "warmup_epochs": 40, "weight_decay": 1e-4, "temperature": 0.1,
                      "memory_size": 65536, "memory_momentum": 0.999},
@@ -296,7 +297,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cifar10": {
         "data": {"dataset": "cifar10", "image_size": 32},
         "model": {"model": "resnet18", "width": 1.0, "cifar_stem": True},
-        "aug": {"color_strength": 0.5, "blur": False},
+        "aug": {"color_strength": 0.5, "blur": False, "style": "official"},
         "pretrain": {"epochs": 800, "batch_size": 512, "lr": 1.0, "lr_scaling": "linear",
                      "warmup_epochs": 10, "weight_decay": 1e-4, "temperature": 0.5},
         "finetune": {"epochs": 60, "batch_size": 256, "lr": 0.005, "lr_scaling": "sqrt",
@@ -336,7 +337,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 PRESETS["folder"] = {
     "data": {"dataset": "folder", "image_size": 96, "val_fraction": 0.1},
     "model": {"model": "resnet18", "width": 1.0, "cifar_stem": False},
-    "aug": {"color_strength": 1.0, "blur": None, "min_scale": 0.08, "flip": 0.5},
+    "aug": {"color_strength": 1.0, "blur": None, "min_scale": 0.08, "flip": 0.5, "style": "official"},
     "pretrain": {"epochs": 200, "batch_size": 256, "lr": 0.075, "lr_scaling": "sqrt",
                  "warmup_epochs": 10, "weight_decay": 1e-4, "temperature": 0.2, "knn_every": 10, "knn_k": 20},
     "finetune": {"epochs": 60, "batch_size": 64, "lr": 0.005, "lr_scaling": "sqrt", "weight_decay": 0.0},
