@@ -74,6 +74,11 @@ def _per_image(v: Tensor | float, x: Tensor) -> Tensor:
 # crop box sampling
 
 
+def _f32(v: float) -> float:
+    """``v`` rounded to float32 (TF's float attributes and constants)."""
+    return torch.tensor(v, dtype=torch.float32).item()
+
+
 def _rint(x: Tensor) -> Tensor:
     return torch.round(x)  # half to even, as lrintf in the default rounding mode
 
@@ -104,15 +109,15 @@ def sample_distorted_boxes(height: int | Tensor, width: int | Tensor, n: int | N
         ww = torch.full((n,), float(width), device=device)
     H, W = hh[:, None], ww[:, None]  # [n, 1]
     u = torch.rand(n, max_attempts, 4, generator=generator, device=device)
-    lo_r, hi_r = (torch.tensor(v, dtype=torch.float32).item() for v in aspect_range)  # float attrs
+    lo_r, hi_r, lo_a, hi_a, covered = (_f32(v) for v in (*aspect_range, *area_range, min_object_covered))
     aspect = u[..., 0] * (hi_r - lo_r) + lo_r
-    f32 = torch.float32
-    min_area = torch.tensor(area_range[0], dtype=f32) * W * H
-    max_area = torch.tensor(area_range[1], dtype=f32) * W * H
+    min_area = lo_a * W * H
+    max_area = hi_a * W * H
     h = _rint(torch.sqrt(min_area / aspect))
     max_h = _rint(torch.sqrt(max_area / aspect))
     too_wide = _rint(max_h * aspect) > W
-    fixed = ((W.double() + 0.5 - torch.tensor(1e-7, dtype=f32).double()) / aspect.double()).trunc().float()
+    wide = torch.float32 if device.type == "mps" else torch.float64  # double in TF; MPS has none
+    fixed = ((W.to(wide) + 0.5 - _f32(1e-7)) / aspect.to(wide)).trunc().float()
     fixed = torch.where(_rint(fixed * aspect) > W, fixed - 1, fixed)
     max_h = torch.minimum(torch.where(too_wide, fixed, max_h), H)
     h = torch.minimum(h, max_h)
@@ -129,7 +134,7 @@ def sample_distorted_boxes(height: int | Tensor, width: int | Tensor, n: int | N
     area = w * h
     ok = (area >= min_area) & (area <= max_area) & (w <= W) & (h <= H) & (w > 0) & (h > 0)
     # SatisfiesOverlapConstraints against the whole image: at least 1 pixel, covering enough of it
-    ok &= (area >= 1) & (area / (W * H) >= torch.tensor(min_object_covered, dtype=f32))
+    ok &= (area >= 1) & (area / (W * H) >= covered)
     top = (u[..., 2] * (H - h)).floor().clamp_(max=(H - h - 1).clamp(min=0))  # Uniform(H - h): [0, H - h)
     left = (u[..., 3] * (W - w)).floor().clamp_(max=(W - w - 1).clamp(min=0))
     first = ok.to(torch.uint8).argmax(1, keepdim=True)
@@ -268,7 +273,7 @@ def _hsv(x: Tensor, delta: Tensor | None, saturation: Tensor | None, sat_on: Ten
         scaled = torch.minimum(chroma * _per_image(saturation, x).view(-1, 1, 1).clamp(min=0), v)
         scaled = scaled.mul_(v > 0)  # v <= 0: S = 0, gray
         chroma = scaled if sat_on is None else torch.where(sat_on.view(-1, 1, 1), scaled, chroma)
-    k = hue6.unsqueeze(1) + torch.tensor([5.0, 3.0, 1.0], device=x.device).view(1, 3, 1, 1)
+    k = hue6.unsqueeze(1) + torch.arange(5.0, 0.0, -2.0, device=x.device).view(1, 3, 1, 1)  # R, G, B (no copy)
     k.sub_(k.mul(1 / 6).floor_(), alpha=6.0)  # mod 6
     weight = k.sub_(2.0).abs_().neg_().add_(2.0).clamp_(0, 1)
     return torch.addcmul(v.unsqueeze(1), chroma.unsqueeze(1), weight, value=-1, out=weight)
