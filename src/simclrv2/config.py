@@ -315,8 +315,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "label_fractions": [0.01, 0.1],
         "data": {"dataset": "digits", "image_size": 8, "val_fraction": 0.2},
         "model": {"model": "resnet18", "width": 0.25, "cifar_stem": True, "head_layers": 3},
-        "aug": {"color_strength": 0.5, "blur": False, "min_scale": 0.3, "flip": 0.0,  # a mirrored digit is another digit
-                "style": "torchvision"},  # its tuned 8 px recipe; no published one to follow
+        # flip 0: a mirrored digit is another digit; style torchvision: the 8 px recipe was tuned on it
+        "aug": {"color_strength": 0.5, "blur": False, "min_scale": 0.3, "flip": 0.0, "style": "torchvision"},
         "pretrain": {"epochs": 60, "batch_size": 256, "lr": 1.0, "lr_scaling": "linear",
                      "warmup_epochs": 5, "weight_decay": 1e-4, "temperature": 0.2,
                      "knn_every": 10, "knn_k": 50},
