@@ -65,6 +65,11 @@ class AugConfig:
     min_scale: float = 0.08  # smallest crop area fraction of random resized crop
     flip: float = 0.5  # horizontal-flip probability (0 for data where left/right matters, e.g. digits)
     backend: str = "batched"  # batched (on the training device) | torchvision (per image, workers)
+    # official: google-research/simclr's preprocess_for_train (TF crop sampler, bicubic resize, TF colour
+    # ops, batch blur), what the paper measured; the imagenet, cifar10 and folder presets | torchvision:
+    # RandomResizedCrop/ColorJitter semantics, for comparison, the digits preset and configs saved before
+    # the option existed (a resumed run keeps its augmentation)
+    style: str = "torchvision"
 
 
 @dataclass
@@ -219,6 +224,9 @@ class Config:
         _check(self.aug.color_strength >= 0, "aug.color_strength must be >= 0")
         _check(0 < self.aug.min_scale <= 1, "aug.min_scale must be in (0, 1]")
         _check(self.aug.backend in ("batched", "torchvision"), "aug.backend must be batched or torchvision")
+        _check(self.aug.style in ("official", "torchvision"), "aug.style must be official or torchvision")
+        _check(self.aug.backend == "batched" or self.aug.style == "torchvision",
+               "aug.backend=torchvision is the per-image torchvision reference: it needs aug.style=torchvision")
         if self.labels is not None:
             _check(0 < self.labels <= 1, f"labels={self.labels}: a label fraction must be in (0, 1]")
         if self.labels_per_class is not None:
@@ -275,7 +283,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "imagenet": {
         "data": {"dataset": "folder", "image_size": 224},
         "model": {"model": "resnet50", "width": 1.0, "cifar_stem": False},
-        "aug": {"color_strength": 1.0, "blur": True},
+        "aug": {"color_strength": 1.0, "blur": True, "style": "official"},
         "pretrain": {"epochs": 800, "batch_size": 4096, "lr": 0.1, "lr_scaling": "sqrt",
                      "warmup_epochs": 40, "weight_decay": 1e-4, "temperature": 0.1,
                      "memory_size": 65536, "memory_momentum": 0.999},
@@ -289,7 +297,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cifar10": {
         "data": {"dataset": "cifar10", "image_size": 32},
         "model": {"model": "resnet18", "width": 1.0, "cifar_stem": True},
-        "aug": {"color_strength": 0.5, "blur": False},
+        "aug": {"color_strength": 0.5, "blur": False, "style": "official"},
         "pretrain": {"epochs": 800, "batch_size": 512, "lr": 1.0, "lr_scaling": "linear",
                      "warmup_epochs": 10, "weight_decay": 1e-4, "temperature": 0.5},
         "finetune": {"epochs": 60, "batch_size": 256, "lr": 0.005, "lr_scaling": "sqrt",
@@ -307,7 +315,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "label_fractions": [0.01, 0.1],
         "data": {"dataset": "digits", "image_size": 8, "val_fraction": 0.2},
         "model": {"model": "resnet18", "width": 0.25, "cifar_stem": True, "head_layers": 3},
-        "aug": {"color_strength": 0.5, "blur": False, "min_scale": 0.3, "flip": 0.0},  # a mirrored digit is another digit
+        # flip 0: a mirrored digit is another digit; style torchvision: the 8 px recipe was tuned on it
+        "aug": {"color_strength": 0.5, "blur": False, "min_scale": 0.3, "flip": 0.0, "style": "torchvision"},
         "pretrain": {"epochs": 60, "batch_size": 256, "lr": 1.0, "lr_scaling": "linear",
                      "warmup_epochs": 5, "weight_decay": 1e-4, "temperature": 0.2,
                      "knn_every": 10, "knn_k": 50},
@@ -328,7 +337,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 PRESETS["folder"] = {
     "data": {"dataset": "folder", "image_size": 96, "val_fraction": 0.1},
     "model": {"model": "resnet18", "width": 1.0, "cifar_stem": False},
-    "aug": {"color_strength": 1.0, "blur": None, "min_scale": 0.08, "flip": 0.5},
+    "aug": {"color_strength": 1.0, "blur": None, "min_scale": 0.08, "flip": 0.5, "style": "official"},
     "pretrain": {"epochs": 200, "batch_size": 256, "lr": 0.075, "lr_scaling": "sqrt",
                  "warmup_epochs": 10, "weight_decay": 1e-4, "temperature": 0.2, "knn_every": 10, "knn_k": 20},
     "finetune": {"epochs": 60, "batch_size": 64, "lr": 0.005, "lr_scaling": "sqrt", "weight_decay": 0.0},
