@@ -1,0 +1,101 @@
+"""The paper's recipe where the official code or its authors state it: which network produces the memory
+buffer's keys (google-research/simclr issue #115), distillation as the official colab does it, the
+published presets, and fine-tuning epochs for the official label lists."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from simclrv2.losses import nt_xent
+from simclrv2.train.memory import MovingAverage, momentum_contrast
+
+
+def _rule(queries_a, queries_b, keys_a, keys_b, queue, temperature, offset):
+    """The documented rule written out, one query at a time: query ``q`` of view v of image i (online
+    network) against the keys of the moving-average network -- positive: the other view of image i;
+    negatives: both views of every other image of the batch, and the queue -- cross entropy, the two
+    views summed, averaged over the images."""
+    norm = lambda t: t / t.norm(dim=1, keepdim=True)  # noqa: E731
+    qa, qb, ka, kb, kq = map(norm, (queries_a, queries_b, keys_a, keys_b, queue))
+    total = 0.0
+    for i in range(qa.shape[0]):
+        g = offset + i
+        for q, positive in ((qa[i], kb[g]), (qb[i], ka[g])):
+            others = [k[j] for k in (ka, kb) for j in range(ka.shape[0]) if j != g] + list(kq)
+            pos = torch.exp(q @ positive / temperature)
+            total = total - torch.log(pos / (pos + sum(torch.exp(q @ k / temperature) for k in others)))
+    return total / qa.shape[0]
+
+
+def _differing_networks():
+    torch.manual_seed(0)
+    online = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 4)).double()
+    ema = MovingAverage(online, decay=0.5)
+    with torch.no_grad():  # a few "steps" later: the online network has moved away from its average
+        for p in online.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    return online, ema
+
+
+@pytest.mark.parametrize("offset", [0, 3], ids=["one-device", "second-of-two-devices"])
+def test_memory_keys_of_current_and_past_batches_come_from_the_momentum_network(offset):
+    """Issue #115: "the contrasting examples are from momentum encoder from current and past batches".
+    Loss and gradient equal the rule written out; the other assignment (the online network's
+    embeddings of the current batch as keys, as before) gives another loss and gradient."""
+    online, ema = _differing_networks()
+    n, batch = 3, 6  # this device's images, the global batch
+    xa, xb = torch.randn(batch, 6, dtype=torch.double), torch.randn(batch, 6, dtype=torch.double)
+    queue = torch.randn(5, 4, dtype=torch.double)  # keys of past batches
+    mine = slice(offset, offset + n)
+    za, zb = online(xa[mine]), online(xb[mine])
+    ka, kb = ema(xa), ema(xb)
+    assert not (ka.requires_grad or kb.requires_grad)
+    assert (ka[mine] - za).abs().max() > 0.1  # the two networks really differ
+
+    loss = momentum_contrast(za, zb, ka, kb, 0.3, offset, queue)
+    grads = torch.autograd.grad(loss, list(online.parameters()))
+    za2, zb2 = online(xa[mine]), online(xb[mine])
+    expected = _rule(za2, zb2, ka, kb, queue, 0.3, offset)
+    expected_grads = torch.autograd.grad(expected, list(online.parameters()))
+    torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-12)
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-12)
+
+    # the previous assignment: in-batch keys from the online network (gradient through them too)
+    all_a, all_b = online(xa), online(xb)
+    old = nt_xent(all_a[mine], all_b[mine], 0.3, all_a, all_b, offset, queue)
+    old_grads = torch.autograd.grad(old, list(online.parameters()))
+    assert abs(old.item() - loss.item()) > 1e-3
+    assert max((g - o).abs().max().item() for g, o in zip(grads, old_grads)) > 1e-3
+
+
+def test_pretraining_contrasts_with_the_momentum_networks_keys(monkeypatch, tmp_path):
+    """The pretraining step routes through ``momentum_contrast`` with the moving-average network's keys
+    of the whole batch (no gradient) and the queue of the earlier steps' keys."""
+    from simclrv2.config import build_config
+    from simclrv2.data.datasets import load
+    from simclrv2.train import pretrain
+
+    calls = []
+    real = momentum_contrast
+
+    def spy(z_a, z_b, keys_a, keys_b, temperature, offset=0, queue=None):
+        calls.append((z_a.detach().clone(), keys_a.clone(), keys_a.requires_grad, z_a.requires_grad,
+                      0 if queue is None else queue.shape[0]))
+        return real(z_a, z_b, keys_a, keys_b, temperature, offset, queue)
+
+    monkeypatch.setattr(pretrain, "momentum_contrast", spy)
+    cfg = build_config("digits", overrides=["image_size=8", "model=resnet18", "width=0.125", "head_layers=2",
+                                            "knn_every=0", "pretrain.epochs=1", "pretrain.batch_size=128",
+                                            "memory_size=512", "memory_momentum=0.9", "device=cpu"])
+    pretrain.run(cfg, tmp_path, load(cfg.data), show_progress=False)
+    assert len(calls) >= 3
+    assert [c[4] for c in calls[:3]] == [0, 256, 512]  # the queue holds both views of the earlier batches
+    assert all(not c[2] and c[3] for c in calls)  # keys without gradient, queries with
+    assert torch.allclose(calls[0][0], calls[0][1], atol=1e-4)  # step 1: the average is still the network
+    assert (calls[2][0] - calls[2][1]).abs().max() > 1e-3  # later: the keys are the lagging average's
