@@ -99,3 +99,84 @@ def test_pretraining_contrasts_with_the_momentum_networks_keys(monkeypatch, tmp_
     assert all(not c[2] and c[3] for c in calls)  # keys without gradient, queries with
     assert torch.allclose(calls[0][0], calls[0][1], atol=1e-4)  # step 1: the average is still the network
     assert (calls[2][0] - calls[2][1]).abs().max() > 1e-3  # later: the keys are the lagging average's
+
+
+def _readme_command(readme, dataset: str) -> dict[str, str]:
+    """The ``--flag=value`` pairs of the README's ``run.py`` command line for ``dataset``."""
+    import re
+
+    for block in re.findall(r"```\n(python run.py.*?)```", readme.read_text(), flags=re.S):
+        flags = dict(re.findall(r"--(\w+)=(\S+)", block))
+        if flags.get("dataset") == dataset:
+            return flags
+    raise AssertionError(f"no {dataset} command line in {readme}")
+
+
+def _official_flag_defaults(run_py) -> dict[str, object]:
+    """name -> (kind, default) of every ``flags.DEFINE_<kind>(name, default, ...)`` in the official
+    ``run.py``, read from its source (importing it would load TensorFlow into the test process)."""
+    import ast
+
+    out = {}
+    for node in ast.walk(ast.parse(run_py.read_text())):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "").startswith("DEFINE_"):
+            name, default = (ast.literal_eval(a) for a in node.args[:2])
+            out[name] = (node.func.attr.removeprefix("DEFINE_"), default)
+    return out
+
+
+def _parse_flag(kind: str, text: str):
+    """A command-line value as absl parses a flag of ``kind``."""
+    if kind in ("bool", "boolean"):
+        return {"true": True, "false": False}[text.lower()]
+    return {"float": float, "integer": int}.get(kind, str)(text)
+
+
+def test_cifar10_preset_is_the_official_readmes_command_line():
+    """tf2/README.md's CIFAR-10 pretraining command, with the flags it leaves at their defaults (read
+    from the official ``run.py``), is what the cifar10 preset pretrains with."""
+    import official
+    from simclrv2.config import preset
+
+    if not official.OFFICIAL_TF2.is_dir():
+        pytest.skip(f"official SimCLR reference not found at {official.OFFICIAL_TF2}")
+    given = _readme_command(official.OFFICIAL_TF2 / "README.md", "cifar10")
+    defaults = _official_flag_defaults(official.OFFICIAL_TF2 / "run.py")
+    flags = {name: _parse_flag(defaults[name][0], given[name]) if name in given else defaults[name][1]
+             for name in ("train_batch_size", "train_epochs", "learning_rate", "learning_rate_scaling",
+                          "warmup_epochs", "weight_decay", "temperature", "optimizer", "momentum", "resnet_depth",
+                          "width_multiplier", "sk_ratio", "image_size", "use_blur", "color_jitter_strength",
+                          "proj_out_dim", "num_proj_layers", "dataset")}
+    assert flags["train_epochs"] == 1000 and flags["temperature"] == 0.5  # the parsing found the command
+    cfg = preset("cifar10")
+    p = cfg.pretrain
+    ours = {"train_batch_size": p.batch_size, "train_epochs": p.epochs, "learning_rate": p.lr,
+            "learning_rate_scaling": p.lr_scaling, "warmup_epochs": p.warmup_epochs,
+            "weight_decay": p.weight_decay, "temperature": p.temperature, "optimizer": p.optimizer,
+            "momentum": p.momentum, "resnet_depth": int(cfg.model.model.removeprefix("resnet")),
+            "width_multiplier": cfg.model.width, "sk_ratio": cfg.model.sk_ratio, "image_size": cfg.data.image_size,
+            "use_blur": cfg.aug.blur, "color_jitter_strength": cfg.aug.color_strength,
+            "proj_out_dim": cfg.model.proj_dim, "num_proj_layers": cfg.model.head_layers,
+            "dataset": cfg.data.dataset}
+    assert ours == flags
+    assert cfg.model.cifar_stem == (flags["image_size"] <= 32)  # official model.py: cifar_stem=image_size <= 32
+
+
+def test_imagenet_pretraining_has_no_per_epoch_knn_pass(monkeypatch, tmp_path):
+    """A kNN pass embeds the whole training set (1.28M images on ImageNet): the imagenet preset has none,
+    and with ``knn_every=0`` pretraining never embeds the training set."""
+    from simclrv2.config import build_config, preset
+    from simclrv2.data.datasets import load
+    from simclrv2.train import pretrain
+
+    assert preset("imagenet").pretrain.knn_every == 0
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("kNN pass with knn_every=0")
+
+    monkeypatch.setattr(pretrain, "knn_accuracy", refuse)
+    cfg = build_config("digits", overrides=["image_size=8", "model=resnet18", "width=0.125", "head_layers=2",
+                                            "knn_every=0", "pretrain.epochs=1", "pretrain.batch_size=256",
+                                            "device=cpu"])
+    result = pretrain.run(cfg, tmp_path, load(cfg.data), show_progress=False)
+    assert "knn_top1" not in result["history"][-1]
