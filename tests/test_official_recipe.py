@@ -180,3 +180,53 @@ def test_imagenet_pretraining_has_no_per_epoch_knn_pass(monkeypatch, tmp_path):
                                             "device=cpu"])
     result = pretrain.run(cfg, tmp_path, load(cfg.data), show_progress=False)
     assert "knn_top1" not in result["history"][-1]
+
+
+SUBSETS = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-subsets"
+
+
+@pytest.mark.parametrize("listed, per_class, expected", [("10percent.txt", 10, 2), ("1percent.txt", 100, 3)])
+def test_the_official_label_lists_get_their_fractions_finetuning_epochs(tmp_path, capsys, listed, per_class,
+                                                                        expected):
+    """``finetune --labels-file 10percent.txt`` on an ImageNet-style folder holding every class's listed
+    images and nine times as many others (the list's 10%, as on ImageNet: 128,116 of 1,281,167) trains
+    for ``epochs_by_labels[0.1]``, not the default ``epochs``; the 1% list for ``[0.01]``."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from simclrv2 import checkpoint
+    from simclrv2.cli import main
+    from simclrv2.config import ModelConfig, preset
+    from simclrv2.models.networks import arch_of, build_pretrain_model
+
+    assert preset("imagenet").finetune.epochs_by_labels == {0.01: 60, 0.1: 30}  # the paper's, as used below
+    path = SUBSETS / listed
+    if not path.is_file():
+        pytest.skip(f"official label list not found at {path}")
+    lines = path.read_text().split()
+    wnids = sorted({line.split("_")[0] for line in lines})[:2]
+    mine = {w: [line for line in lines if line.startswith(w + "_")][:1] for w in wnids}  # one listed each
+    rng = np.random.default_rng(0)
+    listed_names = set(lines)
+    for w in wnids:
+        others = [f"{w}_{n}.JPEG" for n in range(900000, 901000) if f"{w}_{n}.JPEG" not in listed_names]
+        for split, names in (("train", mine[w] + others[:per_class - 1]), ("val", [f"{w}_val.JPEG"])):
+            (tmp_path / "imagenet" / split / w).mkdir(parents=True, exist_ok=True)
+            for name in names:
+                Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(
+                    tmp_path / "imagenet" / split / w / name)
+    model = ModelConfig(model="resnet18", width=0.125, cifar_stem=True, head_layers=2, proj_dim=16)
+    checkpoint.save(tmp_path / "pre" / "last", build_pretrain_model(model),
+                    {"kind": "pretrain", "stage": "pretrain", "arch": arch_of(model), "config": {}})
+    capsys.readouterr()
+    code = main(["finetune", "--preset", "imagenet", "--data", str(tmp_path / "imagenet"), "--labels-file", str(path),
+                 "--pretrained", str(tmp_path / "pre" / "last"), "--out", str(tmp_path / "ft"), "device=cpu",
+                 "workers=0", "data.image_size=8", "finetune.epochs=7", "finetune.epochs_by_labels=0.01:3,0.1:2",
+                 "finetune.batch_size=8"])
+    assert code == 0, capsys.readouterr().err
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs[-1] == expected
+    assert (tmp_path / "ft" / "labeled.txt").read_text().split() == sorted(
+        f"{w}/{mine[w][0]}" for w in wnids)

@@ -103,14 +103,17 @@ class FinetuneConfig(OptimConfig):
     batch_size: int = 1024
     lr: float = 0.005  # x sqrt(1024) = 0.16, the paper's fine-tuning rate
     weight_decay: float = 0.0
-    # label fraction -> epochs, for a run given by a fraction (pipeline, --labels); other runs use
-    # ``epochs``. Setting ``finetune.epochs`` later (file, override) without the table clears it.
+    # label fraction -> epochs, for a run given by a fraction (pipeline, --labels) or by a list holding
+    # that share of the training images (--labels-file, e.g. the official 10% list: 128,116 of
+    # 1,281,167); other runs use ``epochs``. Setting ``finetune.epochs`` later (file, override) without
+    # the table clears it.
     epochs_by_labels: dict[float, int] = field(default_factory=dict)
 
-    def epochs_for(self, fraction: float | None) -> int:
-        """The epochs of a run on ``fraction`` of the labels: the table's entry, else ``epochs``."""
+    def epochs_for(self, fraction: float | None, rel_tol: float = 1e-9) -> int:
+        """The epochs of a run on ``fraction`` of the labels: the table's entry within ``rel_tol``
+        (a list's share is not exact: per-class rounding, a folder with part of the images), else ``epochs``."""
         for f, epochs in self.epochs_by_labels.items():
-            if fraction is not None and math.isclose(f, fraction, rel_tol=1e-9):
+            if fraction is not None and math.isclose(f, fraction, rel_tol=rel_tol):
                 return epochs
         return self.epochs
 
