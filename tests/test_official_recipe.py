@@ -230,3 +230,78 @@ def test_the_official_label_lists_get_their_fractions_finetuning_epochs(tmp_path
     assert epochs[-1] == expected
     assert (tmp_path / "ft" / "labeled.txt").read_text().split() == sorted(
         f"{w}/{mine[w][0]}" for w in wnids)
+
+
+def _colab_lars_step(w, grad, v, lr, momentum, weight_decay, eeta, adapted):
+    """One step of the colab's ``LARSOptimizer.apply_gradients`` (classic momentum), written out."""
+    if adapted:
+        grad = grad + weight_decay * w
+        w_norm, g_norm = w.norm(), grad.norm()
+        trust = eeta * w_norm / g_norm if w_norm > 0 and g_norm > 0 else 1.0
+    else:
+        trust = 1.0
+    v = momentum * v + lr * trust * grad
+    return w - v, v
+
+
+def test_the_students_classifier_trains_under_lars_with_weight_decay_as_in_the_colab():
+    """The colab trains every student variable with LARS(momentum 0.9, weight_decay 1e-4,
+    exclude_from_weight_decay=['batch_normalization', 'bias']): the classifier's weight is decayed and
+    layer-adapted; only BatchNorm parameters and biases are not. (Fine-tuning excludes its classifier,
+    as tf2/model.py's 'head_supervised'; the colab's student has no such exclusion.)"""
+    from simclrv2.config import ModelConfig, preset
+    from simclrv2.models.networks import arch_of
+    from simclrv2.optim import build_optimizer
+    from simclrv2.train.distill import build_student
+
+    d = preset("imagenet").distill
+    torch.manual_seed(0)
+    student = build_student(arch_of(ModelConfig(model="resnet18", width=0.125, cifar_stem=True, head_layers=2,
+                                                proj_dim=16), 5, 0))
+    assert student.fc.weight.abs().sum() > 0  # Keras' Dense init, not zero: LARS adapts it from the first step
+    opt = build_optimizer(student, "lars", 2.0, d.weight_decay, d.momentum, d.trust_coefficient)
+    adapted = {id(p) for g in opt.param_groups if not g["exclude"] and g["weight_decay"] == d.weight_decay
+               for p in g["params"]}
+    for name, p in student.named_parameters():
+        by_colab_rule = not (name.endswith(".bias") or ".bn" in name or "norm" in name or p.ndim == 1)
+        assert (id(p) in adapted) == by_colab_rule, name
+    assert id(student.fc.weight) in adapted and id(student.fc.bias) not in adapted
+
+    w0, b0 = student.fc.weight.detach().clone(), student.fc.bias.detach().clone()
+    x = torch.rand(4, 3, 8, 8)
+    F.cross_entropy(student(x), torch.tensor([0, 1, 2, 3])).backward()
+    gw, gb = student.fc.weight.grad.clone(), student.fc.bias.grad.clone()
+    opt.step()
+    w1, _ = _colab_lars_step(w0, gw, torch.zeros_like(w0), 2.0, 0.9, 1e-4, 0.001, adapted=True)
+    b1, _ = _colab_lars_step(b0, gb, torch.zeros_like(b0), 2.0, 0.9, 1e-4, 0.001, adapted=False)
+    torch.testing.assert_close(student.fc.weight.detach(), w1)
+    torch.testing.assert_close(student.fc.bias.detach(), b1)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_distillation_loss_is_the_colabs(temperature):
+    """The colab's ``add_kd_loss``: ``tf.losses.softmax_cross_entropy(softmax(teacher / T), student / T,
+    weights=T**2)``, a mean over the batch; teacher and student at the same temperature."""
+    from simclrv2.losses import distill_loss
+
+    torch.manual_seed(1)
+    student, teacher = torch.randn(6, 10, dtype=torch.double), torch.randn(6, 10, dtype=torch.double)
+    probs = torch.softmax(teacher / temperature, 1)
+    colab = temperature ** 2 * (-(probs * torch.log_softmax(student / temperature, 1)).sum(1)).mean()
+    torch.testing.assert_close(distill_loss(student, teacher, temperature), colab)
+
+
+@pytest.mark.parametrize("name", ["imagenet", "cifar10"])
+def test_distillation_presets_take_the_pretraining_schedule(name):
+    """The paper: distillation with the same learning rate schedule, weight decay and batch size as
+    pretraining (400 epochs on ImageNet); temperature 1 and the distillation loss alone (alpha 1)."""
+    from simclrv2.config import preset
+
+    cfg = preset(name)
+    p, d = cfg.pretrain, cfg.distill
+    same = ("batch_size", "lr", "lr_scaling", "weight_decay", "optimizer", "momentum", "trust_coefficient")
+    assert {k: getattr(d, k) for k in same} == {k: getattr(p, k) for k in same}
+    assert d.warmup_epochs / d.epochs == pytest.approx(p.warmup_epochs / p.epochs)
+    assert (d.temperature, d.alpha) == (1.0, 1.0)
+    if name == "imagenet":
+        assert d.epochs == 400
