@@ -4,7 +4,7 @@ published presets, and fine-tuning epochs for the official label lists."""
 
 from __future__ import annotations
 
-import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -182,7 +182,7 @@ def test_imagenet_pretraining_has_no_per_epoch_knn_pass(monkeypatch, tmp_path):
     assert "knn_top1" not in result["history"][-1]
 
 
-SUBSETS = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-subsets"
+SUBSETS = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-subsets"
 
 
 @pytest.mark.parametrize("listed, per_class, expected", [("10percent.txt", 10, 2), ("1percent.txt", 100, 3)])
