@@ -232,50 +232,67 @@ def test_the_official_label_lists_get_their_fractions_finetuning_epochs(tmp_path
         f"{w}/{mine[w][0]}" for w in wnids)
 
 
-def _colab_lars_step(w, grad, v, lr, momentum, weight_decay, eeta, adapted):
-    """One step of the colab's ``LARSOptimizer.apply_gradients`` (classic momentum), written out."""
-    if adapted:
-        grad = grad + weight_decay * w
-        w_norm, g_norm = w.norm(), grad.norm()
-        trust = eeta * w_norm / g_norm if w_norm > 0 and g_norm > 0 else 1.0
-    else:
-        trust = 1.0
-    v = momentum * v + lr * trust * grad
-    return w - v, v
+COLAB_EXCLUDE = ["batch_normalization", "bias"]  # the colab's exclude_from_weight_decay (and layer adaptation)
 
 
-def test_the_students_classifier_trains_under_lars_with_weight_decay_as_in_the_colab():
+def _student():
+    from simclrv2.config import ModelConfig
+    from simclrv2.models.networks import arch_of
+    from simclrv2.train.distill import build_student
+
+    torch.manual_seed(0)
+    return build_student(arch_of(ModelConfig(model="resnet18", width=0.125, cifar_stem=True, head_layers=2,
+                                             proj_dim=16), 5, 0))
+
+
+def test_the_students_classifier_is_decayed_and_adapted_as_in_the_colab():
     """The colab trains every student variable with LARS(momentum 0.9, weight_decay 1e-4,
     exclude_from_weight_decay=['batch_normalization', 'bias']): the classifier's weight is decayed and
     layer-adapted; only BatchNorm parameters and biases are not. (Fine-tuning excludes its classifier,
     as tf2/model.py's 'head_supervised'; the colab's student has no such exclusion.)"""
-    from simclrv2.config import ModelConfig, preset
-    from simclrv2.models.networks import arch_of
+    from simclrv2.config import preset
     from simclrv2.optim import build_optimizer
-    from simclrv2.train.distill import build_student
 
     d = preset("imagenet").distill
-    torch.manual_seed(0)
-    student = build_student(arch_of(ModelConfig(model="resnet18", width=0.125, cifar_stem=True, head_layers=2,
-                                                proj_dim=16), 5, 0))
+    student = _student()
     assert student.fc.weight.abs().sum() > 0  # Keras' Dense init, not zero: LARS adapts it from the first step
     opt = build_optimizer(student, "lars", 2.0, d.weight_decay, d.momentum, d.trust_coefficient)
     adapted = {id(p) for g in opt.param_groups if not g["exclude"] and g["weight_decay"] == d.weight_decay
                for p in g["params"]}
+    norms = {id(p) for m in student.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
+             for p in m.parameters(recurse=False)}
     for name, p in student.named_parameters():
-        by_colab_rule = not (name.endswith(".bias") or ".bn" in name or "norm" in name or p.ndim == 1)
-        assert (id(p) in adapted) == by_colab_rule, name
-    assert id(student.fc.weight) in adapted and id(student.fc.bias) not in adapted
+        assert (id(p) in adapted) == (not name.endswith("bias") and id(p) not in norms), name
+    assert id(student.fc.weight) in adapted
 
-    w0, b0 = student.fc.weight.detach().clone(), student.fc.bias.detach().clone()
-    x = torch.rand(4, 3, 8, 8)
-    F.cross_entropy(student(x), torch.tensor([0, 1, 2, 3])).backward()
-    gw, gb = student.fc.weight.grad.clone(), student.fc.bias.grad.clone()
-    opt.step()
-    w1, _ = _colab_lars_step(w0, gw, torch.zeros_like(w0), 2.0, 0.9, 1e-4, 0.001, adapted=True)
-    b1, _ = _colab_lars_step(b0, gb, torch.zeros_like(b0), 2.0, 0.9, 1e-4, 0.001, adapted=False)
-    torch.testing.assert_close(student.fc.weight.detach(), w1)
-    torch.testing.assert_close(student.fc.bias.detach(), b1)
+
+def test_the_students_classifier_steps_as_the_official_lars_with_the_colabs_exclusions():
+    """Two steps of the student's classifier (weight and bias) under our optimizer and under the
+    official ``LARSOptimizer`` (tf2/lars_optimizer.py, the colab's algorithm) with the colab's
+    settings, from the same weights and gradients, agree."""
+    import numpy as np
+
+    import official
+    from simclrv2.optim import build_optimizer
+
+    ref = official.load()
+    tf = ref.tf
+    student = _student()
+    ours = build_optimizer(student, "lars", 2.0, 1e-4, 0.9, 0.001)
+    theirs = ref.lars_optimizer.LARSOptimizer(2.0, momentum=0.9, weight_decay=1e-4,
+                                              exclude_from_weight_decay=COLAB_EXCLUDE)
+    kernel = tf.Variable(student.fc.weight.detach().double().numpy().T, name="dense_1/kernel")  # Keras: [in, out]
+    bias = tf.Variable(student.fc.bias.detach().double().numpy(), name="dense_1/bias")
+    x, y = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+    for _ in range(2):
+        F.cross_entropy(student(x), y).backward()
+        gw, gb = student.fc.weight.grad.double().numpy(), student.fc.bias.grad.double().numpy()
+        ours.step()
+        ours.zero_grad()
+        theirs.apply_gradients([(tf.constant(gw.T), kernel), (tf.constant(gb), bias)])
+        np.testing.assert_allclose(student.fc.weight.detach().double().numpy(), kernel.numpy().T, rtol=1e-5,
+                                   atol=1e-7)
+        np.testing.assert_allclose(student.fc.bias.detach().double().numpy(), bias.numpy(), rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
