@@ -103,4 +103,4 @@ def momentum_contrast(z_a: Tensor, z_b: Tensor, keys_a: Tensor, keys_b: Tensor, 
     as SimCLR leaves out a view's similarity with itself. Keys carry no gradient. Both directions
     summed, averaged over the images, as :func:`simclrv2.losses.nt_xent`.
     """
-    return nt_xent(z_a, z_b, temperature, keys_a.detach(), keys_b.detach(), offset, queue)
+    return nt_xent(z_a, z_b, temperature, all_a=keys_a.detach(), all_b=keys_b.detach(), offset=offset, queue=queue)
