@@ -278,10 +278,12 @@ SHARED = ("data", "model", "aug")
 # the same learning rate schedule, weight decay and batch size as pretraining, 400 epochs on ImageNet;
 # warmup the same share of the epochs, 5% and 1%), temperature 1 for teacher and student, the
 # distillation loss alone (alpha 1), as the paper and the official distillation colab; the student's
-# classifier is trained under LARS with weight decay, as in that colab (train/distill.py). ImageNet has no kNN monitor during pretraining (knn_every=0): one pass embeds
-# the 1.28M training images (a sixth of an epoch's compute), keeps their 2048-d features in host memory
-# on every rank (10.5 GB) and scores 50,000 queries against them on the CPU; measure kNN and linear
-# accuracy once, on the final checkpoint, with ``simclrv2 evaluate``. Digits: the embedded default, sized so the whole pipeline runs in minutes on CPU.
+# classifier is trained under LARS with weight decay, as in that colab (train/distill.py).
+# ImageNet has no kNN monitor during pretraining (knn_every=0): one pass embeds the 1.28M training
+# images (a sixth of an epoch's compute), keeps their 2048-d features in host memory on every rank
+# (10.5 GB) and scores 50,000 queries against them on the CPU; measure kNN and linear accuracy once, on
+# the final checkpoint, with ``simclrv2 evaluate``.
+# Digits: the embedded default, sized so the whole pipeline runs in minutes on CPU.
 PRESETS: dict[str, dict[str, Any]] = {
     "imagenet": {
         "data": {"dataset": "folder", "image_size": 224},
@@ -290,7 +292,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "pretrain": {"epochs": 800, "batch_size": 4096, "lr": 0.1, "lr_scaling": "sqrt",
                      "warmup_epochs": 40, "weight_decay": 1e-4, "temperature": 0.1,
                      "memory_size": 65536, "memory_momentum": 0.999,
-                     "knn_every": 0},  # no kNN monitor: each pass embeds all 1.28M training images (see below)
+                     "knn_every": 0},  # no kNN monitor: each pass embeds all 1.28M training images (see above)
         "finetune": {"epochs": 60, "batch_size": 1024, "lr": 0.005, "lr_scaling": "sqrt",
                      "weight_decay": 0.0, "epochs_by_labels": {0.01: 60, 0.1: 30}},
         "distill": {"epochs": 400, "batch_size": 4096, "lr": 0.1, "lr_scaling": "sqrt",
