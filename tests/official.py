@@ -28,6 +28,7 @@ def load() -> types.SimpleNamespace:
         pytest.skip(f"official SimCLR reference not found at {OFFICIAL_TF2}")
     if os.environ.get("TF_USE_LEGACY_KERAS") != "1" and "tensorflow" not in sys.modules:
         os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    import torch._dynamo  # noqa: F401 - imported by torch's first optimizer; after TensorFlow, its triton import segfaults
     try:
         import tensorflow as tf
         import tf_keras  # noqa: F401 - the official code is tf.keras 2 code

@@ -50,18 +50,20 @@ def class_index(data_classes: list[str], model_classes: list[str]) -> tuple[Tens
     return index, [name for name in data_classes if name not in position]
 
 
-def select(splits: datasets.Splits, split: str) -> datasets.ImageSet:
-    """The labeled images of ``split``: ``val``, ``train`` or ``all`` (both together)."""
+def select(splits: datasets.Splits, split: str) -> list[datasets.ImageSet]:
+    """The labeled images of ``split``: ``val``, ``train`` or ``all`` (both), as one part per split.
+
+    The parts are scored one after the other, never joined: a training split streamed from disk and a
+    validation split decoded into memory (``data.stream=auto`` with only the training tree over
+    ``data.memory_gb``, as ImageNet) are stored differently.
+    """
     if split == "train" or (split == "all" and splits.val is None):
-        return splits.train
+        return [splits.train]
     if split == "val":
         if splits.val is None:
             raise DataError("the data has no validation split")
-        return splits.val
-    train, val = splits.train, splits.val
-    images = train.images.concat(val.images) if hasattr(train.images, "concat") else \
-        torch.cat([train.images, val.images])
-    return datasets.ImageSet(images, torch.cat([train.labels, val.labels]), train.names + val.names, train.classes)
+        return [splits.val]
+    return [splits.train, splits.val]
 
 
 def run(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
     from simclrv2.eval.linear import describe, linear_probe
     from simclrv2.models.networks import build_network
     from simclrv2.train.summary import count_params
-    from simclrv2.core.metrics import evaluate_classifier, topk_accuracy
+    from simclrv2.core.metrics import topk_accuracy
     from simclrv2.core.batched import infer
     from simclrv2.core.runtime import resolve_device
     from simclrv2.core.runtime import configure_threads
@@ -89,27 +91,29 @@ def run(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
     results: dict[str, Any] = {"checkpoint": args.checkpoint, "kind": meta["kind"], "split": split,
                                "other_data": other}
     if classifier:
-        images = select(splits, split)
+        parts = select(splits, split)
         index, unknown = class_index(splits.classes, meta["classes"])
         if unknown and not args.allow_unknown_classes:
             raise DataError(f"the data has {len(unknown)} class(es) the checkpoint does not know: "
                             f"{', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''} (its classes: "
                             f"{', '.join(meta['classes'][:10])}{', ...' if len(meta['classes']) > 10 else ''}); "
                             f"pass --allow-unknown-classes to score the other images")
-        labels = index[images.labels]
-        keep = (labels >= 0).nonzero().flatten()
-        results.update(images=len(keep), classes=len(splits.classes) - len(unknown),
-                       skipped_unknown=len(images) - len(keep), unknown_classes=unknown)
-        if not len(keep):
+        labels = [index[part.labels] for part in parts]
+        keep = [(y >= 0).nonzero().flatten() for y in labels]
+        kept = sum(len(k) for k in keep)
+        results.update(images=kept, classes=len(splits.classes) - len(unknown),
+                       skipped_unknown=sum(len(part) for part in parts) - kept, unknown_classes=unknown)
+        if not kept:
             raise DataError("none of the images belongs to a class the checkpoint knows")
-        images = images.subset(keep)
         summary.show("evaluate", cfg, splits, meta["arch"], count_params(net), device, 1, args.out or None,
-                     checkpoint=args.checkpoint, scored=_scored(split, other, len(keep), results))
-        results["classifier"] = evaluate_classifier(net.to(device), images.images, labels[keep], device, cfg.amp)
+                     checkpoint=args.checkpoint, scored=_scored(split, other, kept, results))
+        net = net.to(device).eval()
+        logits = [infer(net, part.subset(k).images, device, amp=cfg.amp) for part, k in zip(parts, keep) if len(k)]
+        results["classifier"] = topk_accuracy(torch.cat(logits), torch.cat([y[k] for y, k in zip(labels, keep)]))
     else:
         if split == "all":
             raise DataError("kNN and linear evaluation need the training split as labeled bank: use --split val")
-        queries = select(splits, split)
+        queries, = select(splits, split)
         k = min(cfg.pretrain.knn_k, len(splits.train))
         results.update(images=len(queries), classes=len(splits.classes), knn_k=k, bank=len(splits.train))
         summary.show("evaluate", cfg, splits, meta["arch"], count_params(net), device, 1, args.out or None,

@@ -130,6 +130,8 @@ def run_finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path, split
     cfg.validate()
     run_dir, rt, splits = _setup(cfg, out_dir, splits, overwrite, resume, "finetune")
     labeled, chosen = labeled_subset(cfg, splits)
+    if cfg.labels_file:  # the share of the training images the list holds, within 10%: the official 10% list
+        cfg.finetune.epochs = cfg.finetune.epochs_for(len(chosen) / len(splits.train), rel_tol=0.1)
     pretrained_net = build_network(arch)
     checkpoint.load_weights(pretrained_net, tensors, source=f"pretrained checkpoint {pretrained}")
     net = classifier_from(pretrained_net, cfg.model.ft_layer, len(splits.classes))

@@ -71,9 +71,7 @@ def run(cfg: Config, out_dir: str | Path, teacher_path: str | Path, splits: data
 
     teacher = freeze(prepare_model(teacher_net, device))  # never wrapped in DDP: it does not train
     arch = arch_of(cfg.model, len(teacher_meta["classes"]), 0)
-    net = build_network(arch)
-    if d.init == "pretrained":
-        init_from_pretrained(net, teacher_meta)
+    net = build_student(arch, d.init, teacher_meta)
     model = rt.wrap(net, cfg.compile)
     n = len(images)
     batch = rt.global_batch(d.batch_size, n)
@@ -111,6 +109,21 @@ def run(cfg: Config, out_dir: str | Path, teacher_path: str | Path, splits: data
     result = fit(stage, loss_of, evaluate, resume=run_dir.resume, show_progress=show_progress)
     return {**result, "checkpoint": str(out / "best"), "params": count_params(net),
             "teacher_val": meta.get("teacher_val")}
+
+
+def build_student(arch: dict[str, Any], init: str = "scratch", teacher_meta: dict[str, Any] | None = None) -> nn.Module:
+    """The student network, its classifier trained as in the official distillation colab
+    (google-research/simclr ``colabs/distillation_self_training.ipynb``): every variable under LARS
+    with weight decay except BatchNorm parameters and biases (the fine-tuning classifier's exclusion,
+    'head_supervised' in tf2/model.py, does not apply), its weights initialised as Keras' Dense layer
+    (Glorot uniform, zero bias) rather than zero, which LARS would leave with a trust ratio of 1."""
+    net = build_network(arch)
+    net.fc.lars_exclude = False
+    nn.init.xavier_uniform_(net.fc.weight)
+    nn.init.zeros_(net.fc.bias)
+    if init == "pretrained":
+        init_from_pretrained(net, teacher_meta or {})
+    return net
 
 
 def init_from_pretrained(student: nn.Module, teacher_meta: dict[str, Any]) -> None:

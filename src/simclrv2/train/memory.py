@@ -1,5 +1,10 @@
-"""SimCLRv2's optional memory buffer: a queue of past embeddings from a moving-average network,
-used as extra negatives (as in MoCo)."""
+"""SimCLRv2's optional memory buffer, as MoCo: a moving-average ("momentum") network produces the keys
+every query is contrasted with, those of the current batch and, from a queue, those of past batches.
+
+The rule is the authors' (google-research/simclr issue #115: "the contrasting examples are from
+momentum encoder from current and past batches, which is consistent with MoCo"); their memory code
+was never released. Queries (the anchors, which carry the gradient) come from the online network.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ import logging
 
 import torch
 from torch import Tensor, nn
+
+from simclrv2.losses import nt_xent
 
 log = logging.getLogger(__name__)
 
@@ -82,3 +89,18 @@ class MovingAverage(nn.Module):
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+
+def momentum_contrast(z_a: Tensor, z_b: Tensor, keys_a: Tensor, keys_b: Tensor, temperature: float,
+                      offset: int = 0, queue: Tensor | None = None) -> Tensor:
+    """NT-Xent with the memory buffer: the n local queries ``z_a``/``z_b`` (two views of each image, from
+    the online network) against keys from the moving-average network only.
+
+    ``keys_a``/``keys_b``: the moving-average network's embeddings of the same views of the global
+    batch (rows ``offset .. offset+n`` are this device's images); ``queue``: its keys of past batches.
+    Query ``z_a[i]`` has key ``keys_b[i]`` as its positive; its negatives are the keys of every other
+    image of the batch (both views) and the queue. The key of its own view, ``keys_a[i]``, is left out,
+    as SimCLR leaves out a view's similarity with itself. Keys carry no gradient. Both directions
+    summed, averaged over the images, as :func:`simclrv2.losses.nt_xent`.
+    """
+    return nt_xent(z_a, z_b, temperature, all_a=keys_a.detach(), all_b=keys_b.detach(), offset=offset, queue=queue)

@@ -22,7 +22,7 @@ from simclrv2.core.batched import infer
 from simclrv2.train.stepper import make_stepper
 from simclrv2.train.batching import steps_per_epoch
 from simclrv2.core.metrics import topk_accuracy
-from simclrv2.train.memory import MemoryQueue, MovingAverage, capped_size
+from simclrv2.train.memory import MemoryQueue, MovingAverage, capped_size, momentum_contrast
 from simclrv2.train import summary
 from simclrv2.train.loop import Stage, fit
 from simclrv2.train.rundir import open_run
@@ -47,8 +47,8 @@ def run(cfg: Config, out_dir: str | Path, splits: datasets.Splits | None = None,
     """Pretrain an encoder + projection head; writes ``out_dir/last`` and ``metrics.jsonl``.
 
     Under torchrun the configured batch is global: each rank embeds its part, and NT-Xent takes
-    negatives from every rank's embeddings (and, with ``memory_size > 0``, from a queue of past
-    embeddings of a moving-average network).
+    negatives from every rank's embeddings. With ``memory_size > 0`` (SimCLRv2's memory buffer, as
+    MoCo) every key is the moving-average network's: those of this batch and a queue of past ones.
     """
     cfg = copy.deepcopy(cfg)
     rt = start(cfg)
@@ -88,14 +88,15 @@ def run(cfg: Config, out_dir: str | Path, splits: datasets.Splits | None = None,
         with autocast(rt.device, cfg.amp):
             z = model(both)
         za, zb = z[:local], z[local:]
-        negatives = None
-        if stateful:
-            negatives = queue.negatives()
+        if stateful:  # keys of the current and past batches from the moving-average network (memory.py)
             with autocast(rt.device, cfg.amp):
-                keys = ema(both)
-            pending.append(distributed.gather(keys.float()))
+                keys = ema(both).float()
+            keys_a, keys_b = distributed.gather(keys[:local]), distributed.gather(keys[local:])
+            negatives = queue.negatives()  # past batches only: this batch's keys are enqueued after the step
+            pending.append(torch.cat([keys_a, keys_b]))
+            return momentum_contrast(za, zb, keys_a, keys_b, s.temperature, offset, negatives)
         return nt_xent(za, zb, s.temperature, distributed.gather_with_grad(za), distributed.gather_with_grad(zb),
-                       offset, negatives)
+                       offset)
 
     pending: list[torch.Tensor] = []
 
