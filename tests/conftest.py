@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch._dynamo  # noqa: F401 - before any TensorFlow import: torch's first optimizer imports it, and
+# after TensorFlow its triton import segfaults (tests/official.py and test_tf_import.py import TensorFlow)
 
 torch.set_num_threads(1)  # tiny networks: one thread is fastest, and CI has 2 cores
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # so runs keep it (threads=0 respects OMP_NUM_THREADS)
