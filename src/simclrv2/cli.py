@@ -263,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
 
             results = pipeline.run(resolve_config(args, "pipeline"), args.out, overwrite=args.overwrite)
             if distributed.current().is_main:
-                print(pipeline.results_table(results["rows"]))
+                print(pipeline.results_table(results["rows"], results.get("chance_bar_top1")))
+                if pipeline.chance_warning(results):
+                    logging.getLogger("simclrv2").warning("%s", pipeline.chance_warning(results))
                 print(f"results: {Path(args.out) / 'results.json'}, report: {Path(args.out) / 'report.md'}")
     except ERRORS as e:
         if debug:

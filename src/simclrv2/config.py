@@ -76,10 +76,19 @@ class OptimConfig:
     lr: float = 0.075  # base learning rate, scaled by ``lr_scaling``
     lr_scaling: str = "sqrt"  # sqrt: lr * sqrt(batch) | linear: lr * batch / 256 | none
     warmup_epochs: float = 0.0
+    # warmup over this fraction of the epochs instead (the paper: 0.05); setting warmup_epochs later
+    # (file, override) without it clears it
+    warmup_fraction: float | None = None
     weight_decay: float = 1e-6
     optimizer: str = "lars"  # lars | sgd | adamw
     momentum: float = 0.9
     trust_coefficient: float = 0.001  # LARS eta
+
+    def warmup(self) -> float:
+        """Warmup length in epochs: ``warmup_fraction`` of ``epochs`` when set, else ``warmup_epochs``."""
+        if self.warmup_fraction is not None:
+            return self.warmup_fraction * self.epochs
+        return self.warmup_epochs
 
 
 @dataclass
@@ -234,6 +243,8 @@ class Config:
             _check(s.lr > 0 and math.isfinite(s.lr), f"{name}.lr must be > 0 (got {s.lr})")
             _check(s.weight_decay >= 0, f"{name}.weight_decay must be >= 0")
             _check(s.warmup_epochs >= 0, f"{name}.warmup_epochs must be >= 0")
+            _check(s.warmup_fraction is None or 0 <= s.warmup_fraction <= 1,
+                   f"{name}.warmup_fraction must be in [0, 1] or none (got {s.warmup_fraction})")
             _check(s.lr_scaling in ("sqrt", "linear", "none"), f"{name}.lr_scaling must be sqrt, linear or none")
             _check(s.optimizer in ("lars", "sgd", "adamw"), f"{name}.optimizer must be lars, sgd or adamw")
             _check(0 <= s.momentum < 1, f"{name}.momentum must be in [0, 1)")
@@ -277,7 +288,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model": {"model": "resnet50", "width": 1.0, "cifar_stem": False},
         "aug": {"color_strength": 1.0, "blur": True},
         "pretrain": {"epochs": 800, "batch_size": 4096, "lr": 0.1, "lr_scaling": "sqrt",
-                     "warmup_epochs": 40, "weight_decay": 1e-4, "temperature": 0.1,
+                     "warmup_epochs": 40, "warmup_fraction": 0.05, "weight_decay": 1e-4, "temperature": 0.1,
                      "memory_size": 65536, "memory_momentum": 0.999},
         "finetune": {"epochs": 60, "batch_size": 1024, "lr": 0.005, "lr_scaling": "sqrt",
                      "weight_decay": 0.0, "epochs_by_labels": {0.01: 60, 0.1: 30}},
@@ -330,10 +341,12 @@ PRESETS["folder"] = {
     "model": {"model": "resnet18", "width": 1.0, "cifar_stem": False},
     "aug": {"color_strength": 1.0, "blur": None, "min_scale": 0.08, "flip": 0.5},
     "pretrain": {"epochs": 200, "batch_size": 256, "lr": 0.075, "lr_scaling": "sqrt",
-                 "warmup_epochs": 10, "weight_decay": 1e-4, "temperature": 0.2, "knn_every": 10, "knn_k": 20},
+                 "warmup_epochs": 10, "warmup_fraction": 0.05, "weight_decay": 1e-4, "temperature": 0.2,
+                 "knn_every": 10, "knn_k": 20},
     "finetune": {"epochs": 60, "batch_size": 64, "lr": 0.005, "lr_scaling": "sqrt", "weight_decay": 0.0},
     "distill": {"epochs": 100, "batch_size": 256, "lr": 0.075, "lr_scaling": "sqrt",
-                "warmup_epochs": 5, "weight_decay": 1e-4, "temperature": 1.0, "alpha": 1.0},
+                "warmup_epochs": 5, "warmup_fraction": 0.05, "weight_decay": 1e-4, "temperature": 1.0,
+                "alpha": 1.0},
     "supervised": {"epochs": 100, "batch_size": 64, "lr": 0.1, "lr_scaling": "linear",
                    "optimizer": "sgd", "weight_decay": 5e-4},
 }
@@ -376,6 +389,10 @@ def merge(cfg: Config, values: dict[str, Any], where: str = "config") -> Config:
     finetune = values.get("finetune") if isinstance(values, dict) else None
     if isinstance(finetune, dict) and "epochs" in finetune and "epochs_by_labels" not in finetune:
         cfg.finetune.epochs_by_labels = {}  # the epochs asked for last win over a preset's table
+    for name in STAGES + ("eval",):  # likewise warmup epochs asked for last win over a preset's fraction
+        section = values.get(name) if isinstance(values, dict) else None
+        if isinstance(section, dict) and "warmup_epochs" in section and "warmup_fraction" not in section:
+            getattr(cfg, name).warmup_fraction = None
     return cfg
 
 
@@ -386,7 +403,8 @@ def _apply(obj: Any, values: dict[str, Any], where: str) -> None:
     hints = typing.get_type_hints(type(obj))
     for key, value in values.items():
         if key not in fields:
-            raise ConfigError(f"{where}: unknown key {key!r}; valid keys: {', '.join(fields)}")
+            raise ConfigError(f"{where}: unknown key {key!r}{_did_you_mean(key, fields)}; "
+                              f"valid keys: {', '.join(fields)}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             _apply(current, value, f"{where}.{key}")
@@ -501,13 +519,23 @@ def parse_overrides(items: list[str], stage: str | None = None) -> dict[str, Any
                     raise ConfigError(f"config key {key!r} is ambiguous here: say which stage, e.g. "
                                       f"{', '.join(f'{o}.{key}' for o in owners)}")
                 else:
-                    raise ConfigError(f"unknown config key {key!r} (use section.key, e.g. pretrain.lr; "
-                                      f"sections: {', '.join(SHARED + STAGES)})")
+                    flat = (top - set(STAGES + SHARED + ("eval",))).union(
+                        *({f.name for f in dataclasses.fields(getattr(Config(), s))} for s in STAGES + SHARED))
+                    raise ConfigError(f"unknown config key {key!r}{_did_you_mean(key, flat)}; use section.key, "
+                                      f"e.g. pretrain.lr (sections: {', '.join(SHARED + STAGES)})")
         node = out
         for p in path[:-1]:
             node = node.setdefault(p, {})
         node[path[-1]] = value
     return out
+
+
+def _did_you_mean(key: str, known: typing.Iterable[str]) -> str:
+    """`` (did you mean 'epochs'?)`` for the known key closest to a mistyped one, else nothing."""
+    import difflib
+
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def build_config(preset_name: str | None = None, config_file: str | None = None,

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
     from simclrv2.eval.linear import describe, linear_probe
     from simclrv2.models.networks import build_network
     from simclrv2.train.summary import count_params
-    from simclrv2.core.metrics import evaluate_classifier, topk_accuracy
+    from simclrv2.core.metrics import evaluate_classifier, topk_accuracy, warn_if_degenerate
     from simclrv2.core.batched import infer
     from simclrv2.core.runtime import resolve_device
     from simclrv2.core.runtime import configure_threads
@@ -105,7 +105,8 @@ def run(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
         images = images.subset(keep)
         summary.show("evaluate", cfg, splits, meta["arch"], count_params(net), device, 1, args.out or None,
                      checkpoint=args.checkpoint, scored=_scored(split, other, len(keep), results))
-        results["classifier"] = evaluate_classifier(net.to(device), images.images, labels[keep], device, cfg.amp)
+        results["classifier"] = evaluate_classifier(net.to(device), images.images, labels[keep], device, cfg.amp,
+                                                    warn_as="evaluate")
     else:
         if split == "all":
             raise DataError("kNN and linear evaluation need the training split as labeled bank: use --split val")
@@ -122,9 +123,11 @@ def run(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
         scores = knn_predict(train_feats, splits.train.labels, val_feats, len(splits.classes), k,
                              cfg.pretrain.knn_temperature)
         results["knn"] = topk_accuracy(scores, queries.labels)
+        warn_if_degenerate(scores, queries.labels, "evaluate: kNN")
         scores = linear_probe(cfg, encoder.forward_features, splits.train.images, splits.train.labels, train_feats,
                               val_feats, len(splits.classes), device)
         results["linear"] = {**topk_accuracy(scores, queries.labels), "protocol": cfg.eval.linear}
+        warn_if_degenerate(scores, queries.labels, "evaluate: linear")
         results["linear_protocol"] = describe(cfg.eval)
     for key in ("classifier", "knn", "linear"):
         if key in results:

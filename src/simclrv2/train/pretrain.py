@@ -108,7 +108,7 @@ def run(cfg: Config, out_dir: str | Path, splits: datasets.Splits | None = None,
         if not s.knn_every or (epoch % s.knn_every and epoch != s.epochs):
             return {}
         knn = knn_accuracy(net, splits, rt.device, s.knn_k, s.knn_temperature, cfg.amp)
-        return {"knn_top1": knn["top1"], "knn_top5": knn["top5"]} if knn else {}
+        return {f"knn_{k}": v for k, v in knn.items()} if knn else {}
 
     run_dir.commit()  # the data and config are valid: only now is the directory created or replaced
     result = fit(stage, loss_of, evaluate, resume=run_dir.resume, show_progress=show_progress,
