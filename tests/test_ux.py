@@ -230,3 +230,69 @@ def test_pipeline_report_marks_rows_at_chance():
     assert "top-5 (%)" in results_table(rows)  # with more classes the column stays
     results["rows"] = rows[1:]
     assert chance_warning(results) is None and "Warning" not in render_report(results)
+
+
+# -- your own photos on a CPU ------------------------------------------------------------------------------
+
+def _photos(root, size=(200, 150), per_class=3):
+    import numpy as np
+    from PIL import Image
+
+    for c in ("cat", "dog"):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(np.full((size[1], size[0], 3), 60 * i, np.uint8)).save(root / c / f"{i}.jpg")
+    return root
+
+
+def _resolve(*argv):
+    from simclrv2.cli import build_parser, resolve_config
+
+    return resolve_config(build_parser().parse_args(["pretrain", "--out", "unused", *argv]), "pretrain")
+
+
+def test_without_a_gpu_photos_get_the_cpu_recipe_and_are_told_how_to_get_the_full_one(tmp_path, caplog,
+                                                                                       monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    folder = _photos(tmp_path / "photos", size=(240, 180))
+    with caplog.at_level(logging.INFO, logger="simclrv2"):
+        cfg = _resolve("--data", str(folder))
+    assert cfg.recipe == "cpu"  # saved resolved in config.yaml
+    assert (cfg.data.image_size, cfg.model.model, cfg.model.width) == (96, "resnet18", 1.0)
+    assert (cfg.pretrain.batch_size, cfg.distill.batch_size, cfg.finetune.batch_size) == (64, 64, 64)
+    line = next(m for m in caplog.messages if "CPU recipe" in m)
+    assert line.startswith("--data without --preset: no GPU, so the CPU recipe for 6 images (median short side "
+                           "180 px): image_size=96 (full: 176), resnet18, batch 64 (full: 256)")
+    assert "recipe=full for the recipe sized for a GPU" in line
+    full = _resolve("--data", str(folder), "recipe=full")
+    assert (full.recipe, full.data.image_size, full.pretrain.batch_size) == ("full", 176, 256)
+    assert _resolve("--data", str(folder), "--device", "cuda").recipe == "full"  # asked for a GPU: no survey of one
+    assert _resolve("--data", str(folder), "recipe=cpu", "batch_size=32").pretrain.batch_size == 32  # overrides win
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert _resolve("--data", str(folder)).recipe == "full"
+    with pytest.raises(ConfigError, match="recipe must be auto, cpu or full"):
+        _resolve("--data", str(folder), "recipe=laptop")
+
+
+def test_the_cpu_recipe_caps_resolution_and_network():
+    from simclrv2.config import FOLDER_LARGE, folder_defaults
+
+    assert folder_defaults([500] * 3, FOLDER_LARGE, "cpu") == {
+        "data": {"image_size": 96}, "model": {"model": "resnet18", "cifar_stem": False},
+        "pretrain": {"batch_size": 64}, "distill": {"batch_size": 64}}
+    assert folder_defaults([32] * 3, 100, "cpu")["data"] == {"image_size": 32}  # never upsampled
+    assert folder_defaults([32] * 3, 100, "cpu")["model"]["cifar_stem"] is True
+    assert folder_defaults([500] * 3, FOLDER_LARGE)["model"]["model"] == "resnet50"  # full: unchanged
+
+
+def test_the_recipe_is_saved_in_config_yaml(tmp_path, monkeypatch):
+    import yaml
+
+    from simclrv2.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    folder = _photos(tmp_path / "photos", size=(48, 48), per_class=4)
+    assert main(["pretrain", "--data", str(folder), "--out", str(tmp_path / "run"), "epochs=0", "workers=0",
+                 "width=0.125"]) == 0
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["recipe"] == "cpu" and saved["pretrain"]["batch_size"] == 64 and saved["data"]["image_size"] == 48

@@ -184,6 +184,9 @@ class Config:
     labels_per_class: int | None = None  # or a count per class
     labels_file: str | None = None  # or a file listing labeled images, one per line
     label_fractions: list[float] = field(default_factory=lambda: [0.01, 0.1])  # pipeline
+    # photo folders (the folder preset): full = the GPU-sized recipe | cpu = smaller images and batches, an
+    # epoch of 1,000 photos in about a minute on 2 cores | auto = cpu without a GPU (saved resolved)
+    recipe: str = "full"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     aug: AugConfig = field(default_factory=AugConfig)
@@ -211,6 +214,7 @@ class Config:
         _check(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None,
                f"device {self.device!r} is not a device name; use auto, cpu, cuda or cuda:N")
         _check(self.threads >= 0, "threads must be >= 0 (0: automatic)")
+        _check(self.recipe in RECIPES, f"recipe must be auto, cpu or full (got {self.recipe!r})")
         from simclrv2.models.registry import list_encoders
 
         _check(self.model.model in list_encoders(),
@@ -337,6 +341,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # full colour strength, a CIFAR-like small-batch recipe, and the resolution and network that
 # ``folder_defaults`` picks from the images found (the 96 px here is used only when no folder is known).
 PRESETS["folder"] = {
+    "recipe": "auto",
     "data": {"dataset": "folder", "image_size": 96, "val_fraction": 0.1},
     "model": {"model": "resnet18", "width": 1.0, "cifar_stem": False},
     "aug": {"color_strength": 1.0, "blur": None, "min_scale": 0.08, "flip": 0.5},
@@ -353,22 +358,46 @@ PRESETS["folder"] = {
 
 FOLDER_MAX_SIZE = 224  # the paper's resolution: larger photographs are downscaled to it
 FOLDER_LARGE = 50_000  # from this many images at 96 px and more, ResNet-50 (the paper's smallest model)
+RECIPES = ("auto", "cpu", "full")
+# recipe=cpu: what changes from the full folder recipe. Measured on Imagenette photos (tests/test_ux.py,
+# the h-ux note): ResNet-18 x1 at 96 px and batch 64 costs ~55 CPU-seconds per 1,000 pretraining images
+# (two views, forward and backward), about a minute on 2 cores; at 160 px and batch 256 it is ~3x that per
+# image, and one step of 256 images held 4.9 GB.
+FOLDER_CPU_MAX_SIZE = 96
+FOLDER_CPU = {"pretrain": {"batch_size": 64}, "distill": {"batch_size": 64}}
 
 
-def folder_defaults(short_sides: list[int], num_images: int) -> dict[str, Any]:
+def resolve_recipe(recipe: str, device: str) -> str:
+    """``auto`` becomes ``cpu`` unless ``device`` is (or, for ``auto``, finds) a GPU; others are kept."""
+    if recipe != "auto":
+        return recipe
+    if device.startswith("cuda"):
+        return "full"
+    if device == "auto":
+        import torch
+
+        return "full" if torch.cuda.is_available() else "cpu"
+    return "cpu"
+
+
+def folder_defaults(short_sides: list[int], num_images: int, recipe: str = "full") -> dict[str, Any]:
     """Resolution and network for a folder of ``num_images`` whose sampled images have these short sides.
 
     ``image_size``: the median short side, at most 224 px, rounded down to a multiple of 8 (never
     upsampled beyond what the images hold); a CIFAR stem (3x3, no max-pool) below 64 px, where the
     ImageNet stem would shrink the image 4x before the first block; ResNet-50 for ImageNet-sized
-    folders of 96 px and more, ResNet-18 otherwise.
+    folders of 96 px and more, ResNet-18 otherwise. ``recipe="cpu"``: at most 96 px, ResNet-18, and
+    the batches of ``FOLDER_CPU``.
     """
     if not short_sides:
-        return {}
+        return dict(FOLDER_CPU) if recipe == "cpu" else {}
     median = sorted(short_sides)[len(short_sides) // 2]
     size = max(8, min(median, FOLDER_MAX_SIZE) // 8 * 8)
     model = "resnet50" if num_images >= FOLDER_LARGE and size >= 96 else "resnet18"
-    return {"data": {"image_size": size}, "model": {"model": model, "cifar_stem": size < 64}}
+    if recipe == "cpu":
+        size, model = min(size, FOLDER_CPU_MAX_SIZE), "resnet18"
+    values = {"data": {"image_size": size}, "model": {"model": model, "cifar_stem": size < 64}}
+    return {**values, **FOLDER_CPU} if recipe == "cpu" else values
 
 
 def preset_names() -> list[str]:
