@@ -296,3 +296,73 @@ def test_the_recipe_is_saved_in_config_yaml(tmp_path, monkeypatch):
                  "width=0.125"]) == 0
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["recipe"] == "cpu" and saved["pretrain"]["batch_size"] == 64 and saved["data"]["image_size"] == 48
+
+
+# -- ONNX -------------------------------------------------------------------------------------------------
+
+def _classifier_checkpoint(tmp_path, crop="full"):
+    from simclrv2 import checkpoint
+    from simclrv2.config import Config
+    from simclrv2.models.networks import build_network
+
+    arch = {"model": "resnet18", "width": 0.125, "sk_ratio": 0.0, "cifar_stem": False, "head_layers": 2,
+            "head_dim": None, "proj_dim": 16, "head_kept": 0, "num_classes": 3}
+    torch.manual_seed(0)
+    net = build_network(arch)
+    nn.init.normal_(net.fc.weight, std=2.0)
+    cfg = Config()
+    cfg.data.dataset, cfg.data.image_size, cfg.data.crop = "folder", 40, crop
+    checkpoint.save(tmp_path / "ckpt" / "last", net, {"kind": "classifier", "stage": "supervised", "arch": arch,
+                                                      "classes": ["cat", "dog", "frog"], "image_size": 40,
+                                                      "config": cfg.to_dict()})
+    return tmp_path / "ckpt" / "last", net.eval()
+
+
+def _example():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "onnx_predict.py"
+    spec = importlib.util.spec_from_file_location("onnx_predict", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("crop", ["full", "square"])
+def test_onnx_example_gives_the_probabilities_of_predict(tmp_path, capsys, crop):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from conftest import write_image_folder
+    from simclrv2.cli import main
+    from simclrv2.data.datasets import list_images
+    from simclrv2.inference.predict import predict_files
+
+    ckpt, net = _classifier_checkpoint(tmp_path, crop)
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
+    photos = write_image_folder(tmp_path / "photos", ("a", "b"), per_class=3, size=57)  # odd size: crop and resize
+    files = list_images(photos)
+    reference, _ = predict_files(net, ["cat", "dog", "frog"], 40, files, top=3, workers=1, crop=crop)
+    example = _example()
+    got = example.predict(tmp_path / "m.onnx", files, top=3)
+    assert [g[0] for g in got] == [r.path for r in reference]
+    for (_, classes), r in zip(got, reference):
+        assert [c for c, _ in classes] == r.classes
+        assert [p for _, p in classes] == pytest.approx(r.probabilities, abs=1e-4)
+    capsys.readouterr()
+    assert example.main([str(tmp_path / "m.onnx"), str(photos), "--top", "1"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == len(files)
+
+
+def test_onnx_export_without_the_extra_says_how_to_install_it(tmp_path, capsys, monkeypatch):
+    import sys
+
+    from simclrv2.cli import main
+
+    ckpt, _ = _classifier_checkpoint(tmp_path)
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx raises ImportError
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("simclrv2 export: error: --format onnx needs the export extra")
+    assert "pip install 'simclrv2[export]'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "m.onnx").exists()
