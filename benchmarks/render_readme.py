@@ -224,7 +224,7 @@ def render(text: str) -> tuple[str, list[str]]:
     out = BLOCK.sub(fill, text)
     missing = set(BLOCKS) - seen
     if missing:
-        raise SystemExit(f"README.md lacks the generated block(s) {', '.join(sorted(missing))}")
+        raise SystemExit(f"the README lacks the generated block(s) {', '.join(sorted(missing))}")
     return out, changed
 
 
