@@ -241,7 +241,7 @@ def _photos(root, size=(200, 150), per_class=3):
     for c in ("cat", "dog"):
         (root / c).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            Image.fromarray(np.full((size[1], size[0], 3), 60 * i, np.uint8)).save(root / c / f"{i}.jpg")
+            Image.fromarray(np.full((size[1], size[0], 3), 25 * i, np.uint8)).save(root / c / f"{i}.jpg")
     return root
 
 
@@ -366,3 +366,15 @@ def test_onnx_export_without_the_extra_says_how_to_install_it(tmp_path, capsys, 
     assert err.startswith("simclrv2 export: error: --format onnx needs the export extra")
     assert "pip install 'simclrv2[export]'" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_pretraining_warns_when_its_final_knn_is_at_chance(tmp_path, caplog, monkeypatch):
+    from simclrv2.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    folder = _photos(tmp_path / "photos", size=(24, 24), per_class=10)  # cat/i.jpg and dog/i.jpg are the same
+    with caplog.at_level(logging.WARNING, logger="simclrv2"):
+        assert main(["pretrain", "--data", str(folder), "--out", str(tmp_path / "run"), "epochs=2", "workers=0",
+                     "width=0.125", "batch_size=6", "knn_every=1", "knn_k=3"]) == 0
+    warned = [m for m in caplog.messages if m.startswith("pretrain: kNN: ")]
+    assert len(warned) == 1 and ("no better than chance" in warned[0] or "same for every" in warned[0])

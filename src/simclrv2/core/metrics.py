@@ -40,7 +40,8 @@ def degenerate(logits: Tensor, labels: Tensor) -> str | None:
         return None
     logits = logits.float()
     if (logits - logits[0]).abs().max() <= 1e-6 * max(logits.abs().max().item(), 1.0):
-        return f"the outputs are the same for every one of the {len(labels)} images: the model ignores its input"
+        return (f"the outputs are the same for every one of the {len(labels)} images: the model ignores its input "
+                f"(or the images are all alike)")
     predicted = logits.argmax(dim=1)
     if (predicted == predicted[0]).all() and logits.shape[1] > 1:
         return f"it answers class {predicted[0].item()} for every one of the {len(labels)} images"
