@@ -73,8 +73,9 @@ def quickstart_intro() -> str:
         f"**Embedded default** — `simclrv2 pipeline`, the Quickstart command (1,438 training and 359 validation "
         f"digits, ResNet-18 at width 0.25, 8 px, one thread), run for seeds {span} on {summary['date']} (`seed=N` "
         f"draws the labeled images and every other random choice; seed 0 is the Quickstart itself):")
-        + f"\n    python benchmarks/quickstart_seeds.py --seeds {','.join(map(str, seeds))} --out runs/quickstart-seeds \\"
-        + "\n        --json benchmarks/results/quickstart-seeds.json --markdown benchmarks/results/quickstart-seeds.md\n"
+        + f"\n    python benchmarks/quickstart_seeds.py --seeds {','.join(map(str, seeds))} "
+        + "--out runs/quickstart-seeds \\\n        --json benchmarks/results/quickstart-seeds.json "
+        + "--markdown benchmarks/results/quickstart-seeds.md\n"
         + f"\nTop-1 (%), min–max over the {_count(len(seeds))} runs (mean):\n")
 
 
@@ -97,11 +98,13 @@ def quickstart_seed0() -> str:
     knn = [r["pretrain_knn_top1"] for r in summary["runs"] if r["pretrain_knn_top1"] is not None]
     walls = [r["wall_seconds"] for r in summary["runs"]]
     clone = extra["fresh_clone"]
-    return _prose(f"What the Quickstart prints (seed 0): {100 * fractions[0]:g}% labels: {first}; {rest}. A run repeats "
+    return _prose(
+            f"What the Quickstart prints (seed 0): {100 * fractions[0]:g}% labels: {first}; {rest}. A run repeats "
             f"exactly on the same machine (one thread; other CPUs or torch versions may differ in the last digits). "
             f"Pretraining raises kNN accuracy with all training labels to {min(knn):.1f}–{max(knn):.1f}% (seed 0: "
             f"{run['pretrain_knn_top1']:.1f}%), from {extra['random_init_knn_top1']:.1f}% for the randomly "
-            f"initialised encoder (`{extra['random_init_command']}`). One run takes {min(walls):.0f}–{max(walls):.0f} "
+            f"initialised encoder (`{extra['random_init_command']}`). One run takes "
+            f"{min(walls):.0f}–{max(walls):.0f} "
             f"s; on a fresh clone with a new virtual environment the first Quickstart command took "
             f"{clone['pipeline_seconds']:.0f} s in all (installing torch included), the second "
             f"{clone['tests_seconds']:.0f} s (installing the test extra, TensorFlow included, and "
@@ -126,15 +129,18 @@ def label_seeds() -> str:
     best = max(STAGES, key=lambda s: cells[high][s]["mean"])
     best_words = {"distill": "distillation", "finetune": "fine-tuning", "knn": "kNN", "linear": "the linear probe",
                   "supervised": "the supervised baseline"}[best]
-    per_class = cells[low]["labeled_images"]["max"]
-    return _prose(f"Why the frozen kNN probe beats fine-tuning at {100 * float(low):g}%: one labeled image per class. The "
-            f"choice of the {_count(round(per_class))} images moves every method by {min(moves):.0f}–{max(moves):.0f} points "
+    labeled = cells[low]["labeled_images"]["max"]
+    images = _count(round(labeled))
+    return _prose(
+            f"Why the frozen kNN probe beats fine-tuning at {100 * float(low):g}%: one labeled image per class. The "
+            f"choice of the {images} images moves every method by {min(moves):.0f}–{max(moves):.0f} points "
             f"(the ranges above), more than the methods differ. On one pretrained encoder with the same images per "
             f"seed (`benchmarks/digits_label_seeds.py`), kNN beat fine-tuning's last epoch in {knn_wins} of "
             f"{len(default)} seeds, and every way of letting fine-tuning move the encoder more was worse still: SGD "
             f"instead of LARS, 30 SGD epochs, or 10x LARS's learning rate gave means of {mean('sgd')}, "
             f"{mean('sgd.epochs=30')} and {mean('finetune.lr=0.1')}% against {mean('default')}% for the preset and "
-            f"{mean('default', 'knn')}% for kNN. {_count(round(per_class)).capitalize()} images are too few to adapt the encoder; a nearest-neighbour "
+            f"{mean('default', 'knn')}% for kNN. {images.capitalize()} images are too few to adapt the encoder; a "
+            f"nearest-neighbour "
             f"vote on pretrained features is the better use of them, and distillation on all the unlabeled images "
             f"recovers most of the gap. At {100 * float(high):g}% fine-tuning beats kNN in {ft_wins} of {len(runs)} "
             f"seeds and {best_words} is best on average. This comparison used the validation split; the preset was "
@@ -161,7 +167,8 @@ def cifar10_cpu() -> str:
     return (_prose(
         f"**CIFAR-10, CPU scale** — `OMP_NUM_THREADS=1 python benchmarks/cifar10_semisup.py --data "
         f"../shared/data/cifar10-train-jpeg.tar.gz --scale cpu` ({results['train_images']:,} training images, "
-        f"validation = files 4500–4999 of each class; images downsampled to {results['config']['data']['image_size']} "
+        f"validation = files 4500–4999 of each class; images downsampled to "
+        f"{results['config']['data']['image_size']} "
         f"px, ResNet-18 at width {results['width']:g}, {results['pretrain']['epochs']} pretraining epochs; "
         f"{_minutes(results['seconds'])} in all on one thread), measured 2026-11-29 with the current recipe (NT-Xent "
         f"summed over both directions). kNN accuracy with all labels after pretraining: "
@@ -201,7 +208,8 @@ def throughput() -> str:
 
 
 BLOCKS: dict[str, Callable[[], str]] = {
-    "quickstart-intro": quickstart_intro, "quickstart-table": quickstart_table, "quickstart-seed0": quickstart_seed0, "label-seeds": label_seeds,
+    "quickstart-intro": quickstart_intro, "quickstart-table": quickstart_table,
+    "quickstart-seed0": quickstart_seed0, "label-seeds": label_seeds,
     "cifar10-cpu": cifar10_cpu, "imagenette-cpu": imagenette_cpu, "throughput": throughput,
 }
 

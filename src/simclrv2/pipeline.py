@@ -224,7 +224,8 @@ def results_table(rows: list[dict[str, Any]], chance_bar: float | None = None) -
     """Markdown table: stage x label fraction -> top-1, top-5 (only when some row has it: not with five
     classes or fewer), parameters, wall time; a top-1 at or below ``chance_bar`` is marked ``(chance)``."""
     top5 = any(r.get("top5") is not None for r in rows)
-    lines = ["| labels | labeled images | stage | top-1 (%) |" + (" top-5 (%) |" if top5 else "") + " params | seconds |",
+    lines = ["| labels | labeled images | stage | top-1 (%) |" + (" top-5 (%) |" if top5 else "")
+             + " params | seconds |",
              "|---:|---:|---|---:|" + ("---:|" if top5 else "") + "---:|---:|"]
     for r in rows:
         top1 = "-" if r["top1"] is None else f"{r['top1']:.2f}"

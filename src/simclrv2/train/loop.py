@@ -191,7 +191,8 @@ def fit(stage: Stage, loss_of: Callable[[Tensor], Tensor], evaluate: Callable[[i
             batches = epoch_batches(stage.num_items, stage.batch_size, stage.order, stage.drop_last)
             for feed in stage.feeds:
                 feed.plan([b if stage.shard is None else stage.shard(b) for b in batches[start_batch:]])
-            bar = stop.bar = progress(spe, f"{stage.name} {epoch + 1}/{stage.epochs}", show_progress and stage.is_main)
+            bar = stop.bar = progress(spe, f"{stage.name} {epoch + 1}/{stage.epochs}",
+                                      show_progress and stage.is_main)
             bar.update(start_batch)
             t0, loss_sum, seen = time.time(), carried_loss, 0
             lr = stage.stepper.lr
