@@ -359,10 +359,10 @@ PRESETS["folder"] = {
 FOLDER_MAX_SIZE = 224  # the paper's resolution: larger photographs are downscaled to it
 FOLDER_LARGE = 50_000  # from this many images at 96 px and more, ResNet-50 (the paper's smallest model)
 RECIPES = ("auto", "cpu", "full")
-# recipe=cpu: what changes from the full folder recipe. Measured on Imagenette photos (tests/test_ux.py,
-# the h-ux note): ResNet-18 x1 at 96 px and batch 64 costs ~55 CPU-seconds per 1,000 pretraining images
-# (two views, forward and backward), about a minute on 2 cores; at 160 px and batch 256 it is ~3x that per
-# image, and one step of 256 images held 4.9 GB.
+# recipe=cpu: what changes from the full folder recipe. Measured on 1,000 Imagenette photos (160 px) with
+# one thread: ResNet-18 x1 at 96 px and batch 64 costs 47 CPU-seconds per 1,000 pretraining images (two
+# views, forward and backward), 1.8 GB; at 160 px 127 CPU-seconds (2.7x), and the full recipe's batch of
+# 256 held 4.9 GB.
 FOLDER_CPU_MAX_SIZE = 96
 FOLDER_CPU = {"pretrain": {"batch_size": 64}, "distill": {"batch_size": 64}}
 
