@@ -106,9 +106,10 @@ def _slow_fit(tmp_path, monkeypatch, sleep_s, slow_s, steps=2):
     stage = Stage("pretrain", tmp_path, net, Stepper(torch.optim.SGD(net.parameters(), lr=0.1), 0.1, 0, 100), {},
                   num_items=4 * steps, batch_size=4, epochs=1, drop_last=True, order=torch.Generator().manual_seed(0))
     x = torch.randn(4 * steps, 2)
+    sleeps = list(sleep_s) if isinstance(sleep_s, (list, tuple)) else [sleep_s] * steps
 
     def loss_of(idx):
-        time.sleep(sleep_s)
+        time.sleep(sleeps.pop(0))
         return net(x[idx]).pow(2).mean()
 
     fit(stage, loss_of)
@@ -121,6 +122,14 @@ def test_slow_steps_get_a_line_each_and_a_heartbeat(tmp_path, monkeypatch, capsy
     assert "pretrain 1/1: step 1/2 running for" in err
     assert "pretrain 1/1: step 1/2 took 0." in err and "images/s), loss" in err
     assert "pretrain 1/1: step 2/2 took" in err
+    assert "step 2/2 running for" not in err  # no longer than step 1: its own line is enough
+
+
+def test_a_step_much_longer_than_the_others_gets_a_heartbeat(tmp_path, monkeypatch, capsys):
+    _slow_fit(tmp_path, monkeypatch, sleep_s=[0.3, 0.3, 2.0], slow_s=0.1, steps=3)
+    err = capsys.readouterr().err
+    assert "step 1/3 running for" in err and "step 2/3 running for" not in err
+    assert "step 3/3 running for" in err and "step 3/3 took 2." in err
 
 
 def test_fast_steps_only_move_the_bar(tmp_path, monkeypatch, capsys):

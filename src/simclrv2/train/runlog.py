@@ -50,7 +50,7 @@ class Progress:
                         dynamic_ncols=True, mininterval=1.0)
         self.write = tqdm.write
         self.start = self.last = time.time()
-        self.done, self.images = 0, 0
+        self.done, self.images, self.stepped = 0, 0, 0  # steps done (resumed ones too), images and steps here
         self._closed = threading.Event()
         self._heartbeat = None
         if enabled and total > 0:
@@ -67,6 +67,7 @@ class Progress:
         now = time.time()
         took, self.last = now - self.last, now
         self.done += 1
+        self.stepped += 1
         self.images += images
         rate = self.images / max(now - self.start, 1e-9)
         self.bar.update(1)
@@ -77,13 +78,15 @@ class Progress:
                        f"({images / took:.3g} images/s){extra}", file=sys.stderr)
 
     def _beat(self) -> None:
-        """While a step runs longer than ``slow_s``, say so: after ``slow_s`` seconds, then at twice as
-        long each time (every minute at most)."""
+        """While a step runs longer than ``slow_s`` and twice the steps before it took on average, say so;
+        then again at twice as long each time (every minute at most). A run whose steps all take 20 s
+        gets one line per step (``step``), a first step of minutes a line now and then while it runs."""
         tick = min(max(self.slow_s, 0.01), 60.0) / 4
         step, due = -1, self.slow_s
         while not self._closed.wait(tick):
             if self.done != step:  # a new step began
-                step, due = self.done, self.slow_s
+                typical = (self.last - self.start) / self.stepped if self.stepped else 0.0
+                step, due = self.done, max(self.slow_s, 2 * typical)
             running = time.time() - self.last
             if running > due and self.done < self.total:
                 due = min(2 * running, running + 60.0)
