@@ -50,7 +50,7 @@ def test_survey_reads_sizes(tmp_path):
 def test_data_without_preset_gets_photograph_defaults(tmp_path, caplog):
     folder = write_photos(tmp_path / "photos", [(200, 150), (210, 160), (190, 170)])
     with caplog.at_level(logging.INFO, logger="simclrv2"):
-        cfg = resolve("--data", str(folder))
+        cfg = resolve("--data", str(folder), "recipe=full")  # the GPU-sized recipe (without a GPU: tests/test_ux.py)
     assert (cfg.data.dataset, cfg.data.image_size, cfg.data.val_fraction) == ("folder", 160, 0.1)
     assert (cfg.model.model, cfg.model.width, cfg.model.cifar_stem) == ("resnet18", 1.0, False)
     assert cfg.aug.flip == 0.5 and cfg.aug.color_strength == 1.0  # not the digits preset's
@@ -59,7 +59,7 @@ def test_data_without_preset_gets_photograph_defaults(tmp_path, caplog):
     assert resolve("--data", str(folder), "image_size=64").data.image_size == 64
     digits = resolve("--data", str(folder), "--preset", "digits")
     assert digits.data.image_size == 8 and digits.data.dataset == "folder"
-    assert resolve("--data", str(folder), "--preset", "folder").data.image_size == 160
+    assert resolve("--data", str(folder), "--preset", "folder", "recipe=full").data.image_size == 160
 
 
 def test_other_defaults():

@@ -17,7 +17,7 @@ import torch
 
 from simclrv2 import __version__, checkpoint, distributed
 from simclrv2.config import (Config, ConfigError, folder_defaults, from_dict, load_yaml, merge, parse_overrides, preset,
-                             preset_names)
+                             preset_names, resolve_recipe)
 from simclrv2.data.datasets import DATASETS, DataError
 from simclrv2.errors import UserError
 from simclrv2.eval import command as evaluate_command
@@ -130,7 +130,8 @@ def resolve_config(args: argparse.Namespace, stage: str, base: Config | None = N
     name = chosen or (default_preset(args) if base is None else None)
     cfg = preset(name) if name else base
     if name == "folder" and args.data:
-        cfg = merge(cfg, _surveyed_folder(args.data, explicit=bool(chosen)), where="folder defaults")
+        cfg = merge(cfg, _surveyed_folder(args.data, explicit=bool(chosen), recipe=_recipe(args, cfg, stage)),
+                    where="folder defaults")
     if args.config:
         cfg = merge(cfg, load_yaml(args.config), where=args.config)
     flags: dict[str, Any] = {}
@@ -174,20 +175,27 @@ def default_preset(args: argparse.Namespace) -> str:
     return "folder"
 
 
-def _surveyed_folder(path: str, explicit: bool) -> dict[str, Any]:
-    """``folder_defaults`` of the images under ``path``, and a line saying what was chosen."""
-    from simclrv2.data.survey import survey_folder
+def _recipe(args: argparse.Namespace, cfg: Config, stage: str) -> tuple[str, str]:
+    """The folder recipe asked for (``recipe=``, else the config file's, else the preset's) with ``auto``
+    resolved by the device asked for; and why, when it was ``auto``."""
+    later = {**(load_yaml(args.config) if args.config else {}), **parse_overrides(args.overrides, stage)}
+    device = args.device or str(later.get("device", cfg.device))
+    asked = str(later.get("recipe", cfg.recipe))
+    recipe = resolve_recipe(asked, device)
+    return recipe, ("" if asked != "auto" else "no GPU" if device == "auto" else f"device={device}")
+
+
+def _surveyed_folder(path: str, explicit: bool, recipe: tuple[str, str] = ("full", "")) -> dict[str, Any]:
+    """``folder_defaults`` of the images under ``path`` for ``recipe`` (and why it was chosen), and a line
+    saying what was chosen."""
+    from simclrv2.data.survey import recipe_line, survey_folder
 
     sides, count = survey_folder(path)
-    values = folder_defaults(sides, count)
-    if values:
-        size, model = values["data"]["image_size"], values["model"]["model"]
-        median = sorted(sides)[len(sides) // 2]
+    values = {"recipe": recipe[0], **folder_defaults(sides, count, recipe[0])}
+    if sides:
         how = "--preset folder" if explicit else "--data without --preset"
-        logging.getLogger("simclrv2").info(
-            "%s: folder defaults for %d images (median short side %d px): image_size=%d, %s%s; change them "
-            "with key=value or choose --preset", how, count, median, size, model,
-            ", cifar_stem" if values["model"]["cifar_stem"] else "")
+        logging.getLogger("simclrv2").info("%s: %s", how, recipe_line(sides, count, recipe[0],
+                                                                     folder_defaults(sides, count), recipe[1]))
     return values
 
 
@@ -263,7 +271,9 @@ def main(argv: list[str] | None = None) -> int:
 
             results = pipeline.run(resolve_config(args, "pipeline"), args.out, overwrite=args.overwrite)
             if distributed.current().is_main:
-                print(pipeline.results_table(results["rows"]))
+                print(pipeline.results_table(results["rows"], results.get("chance_bar_top1")))
+                if pipeline.chance_warning(results):
+                    logging.getLogger("simclrv2").warning("%s", pipeline.chance_warning(results))
                 print(f"results: {Path(args.out) / 'results.json'}, report: {Path(args.out) / 'report.md'}")
     except ERRORS as e:
         if debug:

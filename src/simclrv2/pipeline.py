@@ -22,7 +22,7 @@ from simclrv2.train import classifier, distill, pretrain, summary
 from simclrv2.train.summary import count_params
 from simclrv2.core.batched import infer
 from simclrv2.core.runtime import resolve_device
-from simclrv2.core.metrics import topk_accuracy
+from simclrv2.core.metrics import chance_level, topk_accuracy, warn_if_degenerate
 from simclrv2.core.runtime import configure_threads
 
 STAGE_ORDER = ("supervised", "knn", "linear", "finetune", "distill")
@@ -46,14 +46,16 @@ def frozen_eval(cfg: Config, pretrained: Path, splits: datasets.Splits, labeled_
     feature_seconds = time.time() - start
     num_classes = len(splits.classes)
     knn_start = time.time()
-    knn = topk_accuracy(knn_predict(train_feats, train_labels, val_feats, num_classes,
-                                    k=min(cfg.pretrain.knn_k, len(idx)), temperature=cfg.pretrain.knn_temperature),
-                        splits.val.labels)
+    scores = knn_predict(train_feats, train_labels, val_feats, num_classes, k=min(cfg.pretrain.knn_k, len(idx)),
+                         temperature=cfg.pretrain.knn_temperature)
+    knn = topk_accuracy(scores, splits.val.labels)
+    warn_if_degenerate(scores, splits.val.labels, f"{100 * cfg.labels:g}% labels: knn")
     knn_seconds = feature_seconds + time.time() - knn_start
     lin_start = time.time()
     scores = linear_probe(cfg, encoder.forward_features, splits.train.subset(idx).images, train_labels, train_feats,
                           val_feats, num_classes, device)
     linear = {**topk_accuracy(scores, splits.val.labels), "protocol": cfg.eval.linear}
+    warn_if_degenerate(scores, splits.val.labels, f"{100 * cfg.labels:g}% labels: linear")
     params = sum(p.numel() for p in encoder.parameters())
     return [{"stage": "knn", **knn, "params": params, "seconds": knn_seconds},
             {"stage": "linear", **linear, "params": params, "seconds": feature_seconds + time.time() - lin_start}]
@@ -183,6 +185,8 @@ def run(cfg: Config, out_dir: str | Path, show_progress: bool = True, overwrite:
                      "knn_top1_all_labels": last.get("knn_top1"), "final_loss": last.get("loss")},
         "rows": rows, "seconds": time.time() - total_start, "device": _device_name(cfg),
         "torch": torch.__version__, "config": cfg.to_dict(), "linear_protocol": describe(cfg.eval),
+        "classes": len(splits.classes), "chance_top1": chance_level(splits.val.labels)[0],
+        "chance_bar_top1": chance_level(splits.val.labels)[1],
     }
     if distributed.current().is_main:  # under torchrun every rank trains; rank 0 writes the results
         checkpoint.write_json(out / "results.json", results)
@@ -200,15 +204,36 @@ def _device_name(cfg: Config) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def results_table(rows: list[dict[str, Any]]) -> str:
-    """Markdown table: stage x label fraction -> top-1, top-5, parameters, wall time."""
-    lines = ["| labels | labeled images | stage | top-1 (%) | top-5 (%) | params | seconds |",
-             "|---:|---:|---|---:|---:|---:|---:|"]
+def at_chance(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows whose top-1 is no better than always answering the most frequent class (``chance_level``)."""
+    bar = results.get("chance_bar_top1")
+    return [r for r in results["rows"] if bar is not None and r.get("top1") is not None and r["top1"] <= bar]
+
+
+def chance_warning(results: dict[str, Any]) -> str | None:
+    """One line naming the rows at chance (``at_chance``), or None."""
+    rows = at_chance(results)
+    if not rows:
+        return None
+    names = ", ".join(f"{100 * r['labels']:g}% {r['stage']} ({r['top1']:.2f})" for r in rows)
+    return (f"no better than chance ({results['chance_top1']:.2f}%: always the most frequent class): {names}; "
+            f"these models learned nothing usable")
+
+
+def results_table(rows: list[dict[str, Any]], chance_bar: float | None = None) -> str:
+    """Markdown table: stage x label fraction -> top-1, top-5 (only when some row has it: not with five
+    classes or fewer), parameters, wall time; a top-1 at or below ``chance_bar`` is marked ``(chance)``."""
+    top5 = any(r.get("top5") is not None for r in rows)
+    lines = ["| labels | labeled images | stage | top-1 (%) |" + (" top-5 (%) |" if top5 else "")
+             + " params | seconds |",
+             "|---:|---:|---|---:|" + ("---:|" if top5 else "") + "---:|---:|"]
     for r in rows:
         top1 = "-" if r["top1"] is None else f"{r['top1']:.2f}"
-        top5 = "-" if r["top5"] is None else f"{r['top5']:.2f}"
+        if chance_bar is not None and r["top1"] is not None and r["top1"] <= chance_bar:
+            top1 += " (chance)"
+        cell5 = ("-" if r.get("top5") is None else f"{r['top5']:.2f}") + " | " if top5 else ""
         stage = f"{r['stage']} ({r['protocol']})" if r.get("protocol") else r["stage"]  # linear: fast | paper
-        lines.append(f"| {r['labels']:g} | {r['labeled_images']} | {stage} | {top1} | {top5} | "
+        lines.append(f"| {r['labels']:g} | {r['labeled_images']} | {stage} | {top1} | {cell5}"
                      f"{r['params'] / 1e6:.2f}M | {r['seconds']:.1f} |")
     return "\n".join(lines)
 
@@ -230,6 +255,8 @@ def render_report(results: dict[str, Any]) -> str:
         "scratch on the labeled subset.",
         f"`linear` is the {results.get('linear_protocol', describe(EvalConfig()))} (`eval.linear`).",
         "",
-        results_table(results["rows"]),
+        results_table(results["rows"], results.get("chance_bar_top1")),
         "",
-    ])
+    ] + ([f"**Warning**: the rows marked (chance) are no better than always answering the most frequent class "
+          f"({results['chance_top1']:.2f}% of the {results['val_images']} validation images, within two "
+          f"standard errors): those models learned nothing usable.", ""] if at_chance(results) else []))

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
     from simclrv2.eval.linear import describe, linear_probe
     from simclrv2.models.networks import build_network
     from simclrv2.train.summary import count_params
-    from simclrv2.core.metrics import topk_accuracy
+    from simclrv2.core.metrics import topk_accuracy, warn_if_degenerate
     from simclrv2.core.batched import infer
     from simclrv2.core.runtime import resolve_device
     from simclrv2.core.runtime import configure_threads
@@ -108,8 +108,11 @@ def run(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
         summary.show("evaluate", cfg, splits, meta["arch"], count_params(net), device, 1, args.out or None,
                      checkpoint=args.checkpoint, scored=_scored(split, other, kept, results))
         net = net.to(device).eval()
-        logits = [infer(net, part.subset(k).images, device, amp=cfg.amp) for part, k in zip(parts, keep) if len(k)]
-        results["classifier"] = topk_accuracy(torch.cat(logits), torch.cat([y[k] for y, k in zip(labels, keep)]))
+        logits = torch.cat([infer(net, part.subset(k).images, device, amp=cfg.amp)
+                            for part, k in zip(parts, keep) if len(k)])
+        kept_labels = torch.cat([y[k] for y, k in zip(labels, keep)])
+        warn_if_degenerate(logits, kept_labels, "evaluate")
+        results["classifier"] = topk_accuracy(logits, kept_labels)
     else:
         if split == "all":
             raise DataError("kNN and linear evaluation need the training split as labeled bank: use --split val")
@@ -126,9 +129,11 @@ def run(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
         scores = knn_predict(train_feats, splits.train.labels, val_feats, len(splits.classes), k,
                              cfg.pretrain.knn_temperature)
         results["knn"] = topk_accuracy(scores, queries.labels)
+        warn_if_degenerate(scores, queries.labels, "evaluate: kNN")
         scores = linear_probe(cfg, encoder.forward_features, splits.train.images, splits.train.labels, train_feats,
                               val_feats, len(splits.classes), device)
         results["linear"] = {**topk_accuracy(scores, queries.labels), "protocol": cfg.eval.linear}
+        warn_if_degenerate(scores, queries.labels, "evaluate: linear")
         results["linear_protocol"] = describe(cfg.eval)
     for key in ("classifier", "knn", "linear"):
         if key in results:

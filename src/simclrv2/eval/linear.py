@@ -94,7 +94,7 @@ def paper_linear_eval(features: Callable[[Tensor], Tensor], train_images, train_
             with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext():
                 x = features(views(images(idx)))
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, peak, round(s.warmup_epochs * steps_per_epoch), total)
+                group["lr"] = lr_at(step, peak, round(s.warmup() * steps_per_epoch), total)
             loss = F.cross_entropy(head(x.float()), labels[idx.to(labels.device)])
             loss.backward()
             optimizer.step()

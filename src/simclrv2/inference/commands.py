@@ -40,9 +40,14 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
-    p = subparsers.add_parser("export", help="export a classifier checkpoint to ONNX or TorchScript")
+    p = subparsers.add_parser(
+        "export", help="export a classifier checkpoint to ONNX or TorchScript",
+        description="Export a classifier checkpoint to ONNX or TorchScript, with FILE.json describing the input. "
+                    "ONNX needs the export extra: pip install 'simclrv2[export]' (onnx, onnxruntime). "
+                    "examples/onnx_predict.py runs an exported file with onnxruntime.")
     p.add_argument("--checkpoint", required=True, help="classifier checkpoint (finetune, distill or supervised)")
-    p.add_argument("--format", required=True, choices=("onnx", "torchscript"))
+    p.add_argument("--format", required=True, choices=("onnx", "torchscript"),
+                   help="onnx (needs pip install 'simclrv2[export]') or torchscript (needs nothing more)")
     p.add_argument("--out", required=True, help="output file; FILE.json describes the preprocessing")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset version (default: 17)")
 

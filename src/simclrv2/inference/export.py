@@ -28,6 +28,9 @@ __all__ = ["FORMATS", "ONNX_OPSET", "export_checkpoint", "to_onnx", "to_torchscr
 
 FORMATS = ("onnx", "torchscript")
 ONNX_OPSET = 17
+NEEDS_EXPORT_EXTRA = ("--format onnx needs the export extra (onnx to write the file, onnxruntime to check it; "
+                      "{missing} is not installed): pip install 'simclrv2[export]', or pip install -e '.[export]' "
+                      "in a clone; --format torchscript needs nothing more")
 
 
 def sidecar(meta: dict[str, Any], fmt: str, source: str | Path) -> dict[str, Any]:
@@ -76,7 +79,7 @@ def to_onnx(net: nn.Module, example: torch.Tensor, out: Path, opset: int = ONNX_
     try:
         import onnx  # noqa: F401 - the exporter serialises with it
     except ImportError:
-        raise InferenceError("ONNX export needs the onnx package: pip install 'simclrv2[export]'") from None
+        raise InferenceError(NEEDS_EXPORT_EXTRA.format(missing="onnx")) from None
     low, high = opset_range()
     if not low <= opset <= high:
         raise InferenceError(f"--opset {opset} cannot be exported: choose an opset in [{low}, {high}] "
@@ -110,8 +113,7 @@ def verify(fmt: str, path: Path, net: nn.Module, size: int) -> None:
             try:
                 import onnxruntime as ort
             except ImportError:
-                raise InferenceError("checking an ONNX export needs onnxruntime: pip install 'simclrv2[export]'"
-                                     ) from None
+                raise InferenceError(NEEDS_EXPORT_EXTRA.format(missing="onnxruntime")) from None
             session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
             got = session.run(["logits"], {"images": x.numpy()})[0]
         else:

@@ -97,7 +97,8 @@ def train_classifier(model: nn.Module, net: nn.Module, labeled: datasets.ImageSe
     def evaluate(epoch: int) -> dict[str, float]:
         if val is None:
             return {}
-        metrics = evaluate_classifier(net, val.images, val.labels, device, cfg.amp)
+        metrics = evaluate_classifier(net, val.images, val.labels, device, cfg.amp,
+                                      warn_as=stage_name if epoch == section.epochs and rt.world.is_main else None)
         return {f"val_{k}": v for k, v in metrics.items()}
 
     if before_fit is not None:

@@ -100,7 +100,8 @@ def run(cfg: Config, out_dir: str | Path, teacher_path: str | Path, splits: data
     def evaluate(epoch: int) -> dict[str, float]:
         if splits.val is None:
             return {}
-        metrics = evaluate_classifier(net, splits.val.images, splits.val.labels, device, cfg.amp)
+        metrics = evaluate_classifier(net, splits.val.images, splits.val.labels, device, cfg.amp,
+                                      warn_as="distill" if epoch == d.epochs and rt.world.is_main else None)
         return {f"val_{k}": v for k, v in metrics.items()}
 
     run_dir.commit()  # teacher, data and config are valid: only now is the directory created or replaced

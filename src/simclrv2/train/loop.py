@@ -57,11 +57,13 @@ class Stage:
 
 
 class _StopFlag:
-    """Turns SIGTERM/SIGINT into a flag checked between steps (restored on exit)."""
+    """Turns SIGTERM/SIGINT into a flag checked between steps (restored on exit, when the epoch's
+    progress bar, whose heartbeat thread would outlive an error, is closed too)."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
         self._previous: dict[int, Any] = {}
+        self.bar: Any = None
 
     def __enter__(self) -> "_StopFlag":
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -75,6 +77,8 @@ class _StopFlag:
         self.signal = signum
 
     def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
@@ -187,7 +191,8 @@ def fit(stage: Stage, loss_of: Callable[[Tensor], Tensor], evaluate: Callable[[i
             batches = epoch_batches(stage.num_items, stage.batch_size, stage.order, stage.drop_last)
             for feed in stage.feeds:
                 feed.plan([b if stage.shard is None else stage.shard(b) for b in batches[start_batch:]])
-            bar = progress(spe, f"{stage.name} {epoch + 1}/{stage.epochs}", show_progress and stage.is_main)
+            bar = stop.bar = progress(spe, f"{stage.name} {epoch + 1}/{stage.epochs}",
+                                      show_progress and stage.is_main)
             bar.update(start_batch)
             t0, loss_sum, seen = time.time(), carried_loss, 0
             lr = stage.stepper.lr
@@ -198,9 +203,7 @@ def fit(stage: Stage, loss_of: Callable[[Tensor], Tensor], evaluate: Callable[[i
                 if after_step is not None:
                     after_step()
                 seen += len(batches[i])
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_sum / (i + 1):.3f}", lr=f"{lr:.3g}",
-                                img_s=f"{seen / (time.time() - t0):.0f}")
+                bar.step(len(batches[i]), loss=f"{loss_sum / (i + 1):.3f}", lr=f"{lr:.3g}")
                 if stop.signal is not None:
                     bar.close()
                     if stage.is_main:

@@ -21,7 +21,7 @@ from simclrv2.train.summary import count_params
 from simclrv2.core.batched import infer
 from simclrv2.train.stepper import make_stepper
 from simclrv2.train.batching import steps_per_epoch
-from simclrv2.core.metrics import topk_accuracy
+from simclrv2.core.metrics import topk_accuracy, warn_if_degenerate
 from simclrv2.train.memory import MemoryQueue, MovingAverage, capped_size, momentum_contrast
 from simclrv2.train import summary
 from simclrv2.train.loop import Stage, fit
@@ -29,8 +29,9 @@ from simclrv2.train.rundir import open_run
 
 
 def knn_accuracy(model: SimCLRModel, splits: datasets.Splits, device: torch.device, k: int, temperature: float,
-                 amp: bool = True) -> dict[str, float] | None:
-    """kNN top-1/top-5 (%) of the encoder's features: training split as the bank, validation as queries."""
+                 amp: bool = True, warn_as: str | None = None) -> dict[str, float] | None:
+    """kNN top-1/top-5 (%) of the encoder's features: training split as the bank, validation as queries.
+    With ``warn_as``, scores that say nothing (collapsed features, chance) get a WARNING line."""
     if splits.val is None or not splits.classes or (splits.train.labels < 0).all():
         return None
     was_training = model.training
@@ -39,6 +40,8 @@ def knn_accuracy(model: SimCLRModel, splits: datasets.Splits, device: torch.devi
     queries = infer(model.encoder.forward_features, splits.val.images, device, amp=amp)
     model.train(was_training)
     scores = knn_predict(bank, splits.train.labels, queries, len(splits.classes), k, temperature)
+    if warn_as:
+        warn_if_degenerate(scores, splits.val.labels, warn_as)
     return topk_accuracy(scores, splits.val.labels)
 
 
@@ -108,8 +111,9 @@ def run(cfg: Config, out_dir: str | Path, splits: datasets.Splits | None = None,
     def evaluate(epoch: int) -> dict[str, float]:
         if not s.knn_every or (epoch % s.knn_every and epoch != s.epochs):
             return {}
-        knn = knn_accuracy(net, splits, rt.device, s.knn_k, s.knn_temperature, cfg.amp)
-        return {"knn_top1": knn["top1"], "knn_top5": knn["top5"]} if knn else {}
+        knn = knn_accuracy(net, splits, rt.device, s.knn_k, s.knn_temperature, cfg.amp,
+                           warn_as="pretrain: kNN" if epoch == s.epochs and rt.world.is_main else None)
+        return {f"knn_{k}": v for k, v in knn.items()} if knn else {}
 
     run_dir.commit()  # the data and config are valid: only now is the directory created or replaced
     result = fit(stage, loss_of, evaluate, resume=run_dir.resume, show_progress=show_progress,

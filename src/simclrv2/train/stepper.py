@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -62,5 +63,19 @@ def make_stepper(model: nn.Module, section: OptimConfig, steps_per_epoch: int, g
     optimizer = build_optimizer(model, section.optimizer, peak, section.weight_decay, section.momentum,
                                 section.trust_coefficient, fused=device.type == "cuda")
     total = max(1, section.epochs * steps_per_epoch)
-    warmup = int(round(section.warmup_epochs * steps_per_epoch))
+    warmup = int(round(section.warmup() * steps_per_epoch))
+    if section.epochs > 0 and warmup > total / 2:
+        warn_long_warmup(section, peak)
     return Stepper(optimizer, peak, warmup, total)
+
+
+def warn_long_warmup(section: OptimConfig, peak: float) -> None:
+    """One WARNING line: a warmup past the whole run never reaches the peak rate, and one over most of
+    it leaves the cosine decay little room."""
+    name = type(section).__name__.removesuffix("Config").lower()
+    warmup = section.warmup()
+    what = (f"the learning rate never reaches its peak {peak:.4g} and never decays" if warmup >= section.epochs
+            else f"the learning rate peaks ({peak:.4g}) only after {warmup / section.epochs:.0%} of the run")
+    logging.getLogger("simclrv2").warning(
+        "%s: warmup covers %g of %d epochs: %s; set %s.warmup_fraction=0.05 (5%% of the run, as the paper) "
+        "or a smaller %s.warmup_epochs", name, warmup, section.epochs, what, name, name)

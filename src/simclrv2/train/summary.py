@@ -61,7 +61,7 @@ def describe(stage: str, cfg: Config, splits: Splits | None, model: dict[str, An
         rule = {"sqrt": f" = {section.lr:g} x sqrt({batch})", "linear": f" = {section.lr:g} x {batch}/256"}
         lr = peak_lr if peak_lr is not None else section.lr
         fields["lr"] = f"{lr:.4g}{rule.get(section.lr_scaling, '')} ({section.optimizer}, " \
-                       f"{section.warmup_epochs:g} warmup epochs, cosine decay)"
+                       f"{section.warmup():g} warmup epochs, cosine decay)"
         steps = f" x {steps_per_epoch} steps" if steps_per_epoch else ""
         fields["epochs"] = f"{section.epochs}{steps}"
     if out:
