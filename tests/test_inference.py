@@ -75,8 +75,9 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def direct(fn, images: torch.Tensor) -> torch.Tensor:
+    """``fn`` on uint8 images stored at the model's size (<= 32 px: only converted) or on float views."""
     with torch.no_grad():
-        return fn(images.float() / 255)
+        return fn(images if images.is_floating_point() else images.float() / 255)
 
 
 # ---------------------------------------------------------------------------- embed

@@ -1,8 +1,11 @@
 """Class predictions for image files with a classifier checkpoint (fine-tuned, distilled or supervised).
 
-Images get the evaluation preprocessing of training (:func:`simclrv2.data.files.eval_crop`): decoded
-to RGB (EXIF orientation applied), the official central crop (a square of 0.875 x the short side)
-resized to the checkpoint's ``image_size`` (bicubic), scaled to [0, 1] (no mean/std normalisation).
+Images get the evaluation preprocessing of training, the official ``data_util.preprocess_for_eval``
+(:func:`simclrv2.data.gpu_augment.to_float`): decoded to RGB (EXIF orientation applied), scaled to
+[0, 1], the official central crop (a square of rint(0.875 x the short side); none at 32 px and
+below) resized to the checkpoint's ``image_size`` with TensorFlow's bicubic resize (no
+antialiasing), clipped to [0, 1] (no mean/std normalisation). Files are read ``batch_size`` at a
+time, so memory does not grow with their number.
 """
 
 from __future__ import annotations
@@ -61,24 +64,29 @@ def collect_images(paths: Iterable[str | Path]) -> list[Path]:
 
 @torch.no_grad()
 def predict_files(net: nn.Module, classes: Sequence[str], image_size: int, files: Sequence[Path], top: int = 5,
-                  device: torch.device | str = "cpu", batch_size: int = 256, workers: int = 4, crop: str = "full",
-                  cap: int | None = None) -> tuple[list[Prediction], list[str]]:
+                  device: torch.device | str = "cpu", batch_size: int = 256, workers: int = 4, crop: str = "full"
+                  ) -> tuple[list[Prediction], list[str]]:
     """Top-``top`` classes and softmax probabilities of each readable file; also why each unreadable
-    file could not be read. ``crop``/``cap`` are the training run's ``data.crop``/``data.cache_size``."""
+    file could not be read. ``crop`` is the training run's ``data.crop`` (``square``: the view is
+    cut from the square kept in training; else from the whole decoded image)."""
     if top < 1:
         raise InferenceError(f"--top must be >= 1, got {top}")
     device = torch.device(device)
-    images, errors = datasets.decode_images(list(files), image_size, workers, "square" if crop == "square" else "eval",
-                                            cap)
-    readable = [i for i, e in enumerate(errors) if e is None]
-    unreadable = [e for e in errors if e is not None]
-    if not readable:
-        return [], unreadable
-    logits = infer(net.to(device).eval(), images, device, batch_size=batch_size, amp=False)
-    probs = logits.softmax(dim=1)
-    values, indices = probs.topk(min(top, probs.shape[1]), dim=1)
-    predictions = [Prediction(str(files[i]), [classes[c] for c in idx.tolist()], val.tolist())
-                   for i, idx, val in zip(readable, indices, values)]
+    net = net.to(device).eval()
+    files = list(files)
+    predictions: list[Prediction] = []
+    unreadable: list[str] = []
+    for start in range(0, len(files), batch_size):
+        batch = files[start:start + batch_size]
+        images, errors = datasets.decode_images(batch, image_size, workers, "square" if crop == "square" else "eval")
+        readable = [i for i, e in enumerate(errors) if e is None]
+        unreadable.extend(e for e in errors if e is not None)
+        if not readable:
+            continue
+        probs = infer(net, images, device, batch_size=batch_size, amp=False).softmax(dim=1)
+        values, indices = probs.topk(min(top, probs.shape[1]), dim=1)
+        predictions.extend(Prediction(str(batch[i]), [classes[c] for c in idx.tolist()], val.tolist())
+                           for i, idx, val in zip(readable, indices, values))
     return predictions, unreadable
 
 
