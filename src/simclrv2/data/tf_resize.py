@@ -14,7 +14,9 @@ The official SimCLR code resizes with ``tf.image.resize(..., method=BICUBIC)`` (
   pixels per axis, whatever the scale.
 
 Both are separable, so a resize is two matrix products ``Wy @ x @ Wx^T`` with ``[out, in]`` weight
-matrices (cached per size pair), on any device, for any float batch ``[..., H, W]``.
+matrices (cached per size pair), on any device, for any float batch ``[..., H, W]``. Where CUDA
+matmuls may use TF32 (as training enables), float32 input is resized in float64, so the result is
+float32-accurate everywhere.
 """
 
 from __future__ import annotations
@@ -100,6 +102,8 @@ def _separable(x: Tensor, size_hw: tuple[int, int], weights) -> Tensor:
         raise ValueError(f"resize to {out_h} x {out_w}: sizes must be positive")
     if (h, w) == (out_h, out_w):
         return x.clone()
+    if x.dtype == torch.float32 and x.is_cuda and torch.backends.cuda.matmul.allow_tf32:
+        return _separable(x.double(), size_hw, weights).float()  # TF32 matmuls would cost ~1e-3 per pixel
     wy = weights(h, out_h, x.device, x.dtype)
     wx = weights(w, out_w, x.device, x.dtype)
     return torch.matmul(torch.matmul(wy, x), wx.t())
