@@ -227,7 +227,7 @@ def official_model(e2e_photos, tmp_path_factory):
         model = off.model.Model(CLASSES)
         x = np.stack([_official_photo(off, p, 224) for p in photos])
         model(x[:1], training=False)  # creates the variables
-        _randomise(tf, model, x)
+        _randomise(tf, model, x[::3])  # centred on 8 of the photos
         probs = tf.nn.softmax(model(x, training=False)[1]).numpy()
         root = tmp_path_factory.mktemp("official_model")
         tf.saved_model.save(off.run.build_saved_model(model), str(root / "export" / "saved_model"))
