@@ -58,8 +58,8 @@ def test_file_images_match_the_decoded_tensor(tmp_path):
     memory = datasets.load(_config(root, "data.stream=off").data)
     files = datasets.load(_config(root, "data.stream=on").data)
     assert files.train.images.shape == tuple(memory.train.images.shape)
-    views = torch.cat(list(chunks(memory.train.images, 100)))  # the evaluation views, float
-    assert views.dtype == torch.float32 and torch.equal(views, memory.train.images.float().mul_(1 / 255))  # 12 px: as they are
+    views = torch.cat(list(chunks(memory.train.images, 100)))  # the evaluation views: at 12 px, only converted
+    assert views.dtype == torch.float32 and torch.equal(views, memory.train.images.float().mul_(1 / 255))
     assert torch.equal(files.train.images[:], views)
     assert torch.equal(files.train.images[[3, 1]], views[[3, 1]])
     sub = files.train.subset([5, 0, 2])

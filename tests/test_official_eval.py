@@ -263,3 +263,16 @@ def test_import_tf_then_predict_gives_the_official_evaluation(official_model, e2
     got = _predict_csv(capsys, tmp_path, official_model[export], photos)
     assert np.array_equal(got.argmax(1), ref.argmax(1))
     assert np.abs(got - ref).max() <= 1e-3
+
+
+def test_export_sidecar_describes_the_official_eval():
+    """The JSON beside an exported model tells its users the preprocessing above, not an antialiased resize."""
+    from simclrv2.inference.export import sidecar
+
+    meta = {"image_size": 224, "classes": ["a", "b"], "config": {"data": {"crop": "full"}}}
+    pre = sidecar(meta, "onnx", "ckpt")["preprocessing"]
+    assert "rint(0.875 x short side)" in pre["crop"] and "(H - side + 1) // 2" in pre["crop"]
+    assert "antialias=False" in pre["resize"] and "a=-0.5" in pre["resize"] and "antialiased" not in pre["resize"]
+    assert pre["clip"] == [0.0, 1.0] and pre["range"] == [0.0, 1.0] and "preprocess_for_eval" in pre["reference"]
+    small = sidecar({**meta, "image_size": 32}, "onnx", "ckpt")["preprocessing"]
+    assert "no 0.875 crop" in small["crop"]

@@ -32,7 +32,6 @@ from typing import Callable
 import torch
 from torch import Tensor
 from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as TF
 
 from simclrv2.data.gpu_augment import blur_kernel_size, to_float
 

@@ -97,7 +97,8 @@ def _predict(args: argparse.Namespace) -> int:
     files = predict.collect_images(args.images)
     data = meta.get("config", {}).get("data", {})
     predictions, unreadable = predict.predict_files(net, meta["classes"], int(meta["image_size"]), files, args.top,
-                                                    _device(args.device), args.batch_size, crop=data.get("crop", "full"))
+                                                    _device(args.device), args.batch_size,
+                                                    crop=data.get("crop", "full"))
     for reason in unreadable:
         print(f"simclrv2 predict: warning: cannot read image {reason}; skipped", file=sys.stderr)
     if not predictions:
