@@ -342,13 +342,19 @@ def test_crop_flip_statistics_match_torchvision():
 
 
 def test_eval_views_match_and_are_identity_at_size():
+    """At 32 px (the official ``crop=False``) images of that size are only converted; other sizes get the
+    official ``preprocess_for_eval`` (checked against TensorFlow in test_official_eval.py), batched and
+    per image alike."""
     x = colourful_images(4, 32)
     as_float = TF.to_dtype(x, torch.float32, scale=True)
     assert torch.equal(G.to_float(x, 32), as_float) and torch.equal(G.to_float(x), as_float)
     assert torch.equal(per_image(augment.eval_transform(32), x), as_float)
-    big = colourful_images(4, (40, 48))
-    expected = per_image(augment.eval_transform(32), big)  # official central crop (0.875) + bicubic
-    torch.testing.assert_close(G.to_float(big, 32), expected, atol=1e-5, rtol=0)
+    for hw, size in (((40, 48), 32), ((40, 48), 64), ((64, 64), 64), ((90, 50), 48)):
+        big = colourful_images(4, hw)
+        expected = per_image(augment.eval_transform(size), big)
+        torch.testing.assert_close(G.to_float(big, size), expected, atol=1e-6, rtol=0)
+        torch.testing.assert_close(G.to_float(big.float() / 255, size), expected, atol=1e-6, rtol=0)
+    assert not torch.equal(G.to_float(colourful_images(2, 64), 64), G.to_float(colourful_images(2, 64)))  # cropped
     assert G.center_crop_box(40, 48) == (3, 7, 35, 35)
 
 

@@ -58,11 +58,14 @@ def test_file_images_match_the_decoded_tensor(tmp_path):
     memory = datasets.load(_config(root, "data.stream=off").data)
     files = datasets.load(_config(root, "data.stream=on").data)
     assert files.train.images.shape == tuple(memory.train.images.shape)
-    assert torch.equal(files.train.images[:], memory.train.images)
-    assert torch.equal(files.train.images[[3, 1]], memory.train.images[[3, 1]])
+    views = torch.cat(list(chunks(memory.train.images, 100)))  # the evaluation views: at 12 px, only converted
+    assert views.dtype == torch.float32 and torch.equal(views, memory.train.images.float().mul_(1 / 255))
+    assert torch.equal(files.train.images[:], views)
+    assert torch.equal(files.train.images[[3, 1]], views[[3, 1]])
     sub = files.train.subset([5, 0, 2])
-    assert isinstance(sub.images, FileImages) and torch.equal(sub.images[:], memory.train.images[[5, 0, 2]])
-    assert torch.equal(torch.cat(list(chunks(files.val.images, 4, workers=2))), memory.val.images)
+    assert isinstance(sub.images, FileImages) and torch.equal(sub.images[:], views[[5, 0, 2]])
+    assert torch.equal(torch.cat(list(chunks(files.val.images, 4, workers=2))),
+                      torch.cat(list(chunks(memory.val.images, 100))))
 
 
 def _pil_reference(path, size: int) -> torch.Tensor:
@@ -96,7 +99,7 @@ def test_resized_files_match_pil(tmp_path):
 def test_feed_delivers_the_planned_batches_through_workers(tmp_path):
     root = _png_folder(tmp_path / "png")
     files = datasets.load(_config(root, "data.stream=on").data).train.images
-    reference = files[:]
+    reference = torch.stack([files.decode(i) for i in range(len(files))])  # as kept for training (12 px)
     feed = BatchFeed(files, torch.device("cpu"), workers=2)
     batches = list(torch.randperm(len(files), generator=torch.Generator().manual_seed(0)).split(7))
     feed.plan(batches)
@@ -148,7 +151,7 @@ def test_unreadable_file_is_replaced_or_fatal_when_strict(image_folder, caplog):
     feed.plan([torch.tensor([where])])
     with caplog.at_level(logging.WARNING):
         x = feed(torch.tensor([where]))
-    assert torch.equal(x[0], images[where + 1])
+    assert torch.equal(x[0], images.decode(where + 1))
     strict = datasets.load(_config(image_folder, "data.stream=on", "data.strict=true").data).pretrain_images()
     feed = BatchFeed(strict, torch.device("cpu"), workers=1)
     feed.plan([torch.tensor([where])])

@@ -75,8 +75,9 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def direct(fn, images: torch.Tensor) -> torch.Tensor:
+    """``fn`` on uint8 images stored at the model's size (<= 32 px: only converted) or on float views."""
     with torch.no_grad():
-        return fn(images.float() / 255)
+        return fn(images if images.is_floating_point() else images.float() / 255)
 
 
 # ---------------------------------------------------------------------------- embed
@@ -194,6 +195,14 @@ def test_predict_table_csv_and_probabilities(ckpts, tmp_path, capsys):
     for pred in preds:
         assert sorted(pred.classes) == DIGITS
         assert sum(pred.probabilities) == pytest.approx(1.0, abs=1e-5)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    few, bad = predict_files(ckpts["classifier_net"], DIGITS, 8, files[:2] + [broken] + files[2:], top=10,
+                             batch_size=2)  # files read two at a time, the unreadable one in the middle
+    assert len(bad) == 1 and "broken.png" in bad[0]
+    assert [p.path for p in few] == [p.path for p in preds]
+    for a, b in zip(few, preds):
+        assert a.classes == b.classes and np.allclose(a.probabilities, b.probabilities, atol=1e-6)
 
 
 def test_predict_bad_inputs(ckpts, tmp_path, capsys):

@@ -113,17 +113,31 @@ def test_crop_from_the_capped_copy_is_close_to_the_original():
 
 @pytest.mark.parametrize("h,w", [(33, 47), (40, 48), (101, 64), (64, 150), (160, 213), (31, 45), (7, 7)])
 def test_eval_crop_is_the_official_rule(h, w):
-    """Side rint(0.875 x short side), offsets (H - side + 1) // 2, bicubic antialiased resize; the
-    whole central square at 32 px or less."""
+    """The official ``data.get_preprocess_fn(is_training=False)`` run by TensorFlow: above 32 px
+    ``preprocess_for_eval`` (side rint(0.875 x short side), offsets (H - side + 1) // 2, TF's bicubic
+    resize without antialiasing, clip); at 24 px the whole central square (the official code only
+    takes images already 24 x 24 there, which are kept as they are)."""
+    import official
+
+    off = official.load()
+    data = __import__("importlib").import_module("data")
     image = _smooth(h, w, seed=h)
-    short = min(h, w)
-    side = short if short <= 32 else int(np.rint(0.875 * short))
-    top, left = (h - side + 1) // 2, (w - side + 1) // 2
-    crop = image[:, top:top + side, left:left + side]
-    expected = crop if side == 24 else TF.resize(crop, [24, 24], interpolation=InterpolationMode.BICUBIC, antialias=True)
-    assert torch.equal(eval_crop(image, 24), expected)
+    hwc = image.permute(1, 2, 0).numpy()
+    for size in (24, 48):
+        got = eval_crop(image, size).permute(1, 2, 0).numpy()
+        old = official.set_flags(off.FLAGS, image_size=size)
+        try:
+            if size > 32:
+                ref = data.get_preprocess_fn(is_training=False, is_pretrain=False)(off.tf.constant(hwc)).numpy()
+            else:
+                x = off.tf.image.convert_image_dtype(off.tf.constant(hwc), off.tf.float32)
+                ref = off.tf.clip_by_value(off.data_util.center_crop(x, size, size, 1.0), 0.0, 1.0).numpy()
+        finally:
+            official.set_flags(off.FLAGS, **old)
+        np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0, err_msg=f"{h}x{w} at {size}")
     if (h, w) == (40, 48):
-        assert (side, top, left) == (35, 3, 7)  # rint(35.0) and the rounded-up offsets, by hand
+        side = int(np.rint(0.875 * 40))
+        assert (side, (h - side + 1) // 2, (w - side + 1) // 2) == (35, 3, 7)  # rint(35.0), offsets rounded up
 
 
 def _photo_folder(root, shapes, per_class=4):

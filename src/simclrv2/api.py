@@ -120,8 +120,8 @@ class Model:
 
     @property
     def preprocessing(self) -> dict[str, Any]:
-        """The evaluation preprocessing's settings: ``image_size``, ``crop`` and ``cap`` (the training
-        run's ``data.crop`` and ``data.cache_size``)."""
+        """The evaluation preprocessing's settings: ``image_size`` and ``crop`` (the training run's
+        ``data.crop``)."""
         return predict.eval_settings(self.meta)
 
     def to(self, device: str | torch.device) -> "Model":

@@ -12,10 +12,11 @@ from simclrv2.core.runtime import autocast
 
 @torch.no_grad()
 def infer(fn, images: Tensor | FileImages, device: torch.device, batch_size: int = 512, amp: bool = True) -> Tensor:
-    """Apply ``fn`` to uint8 images in batches (converted to float [0,1] on the device); float32 out on CPU."""
+    """Apply ``fn`` to the evaluation views of ``images`` (:func:`simclrv2.data.feed.chunks`: the
+    official ``preprocess_for_eval``, float [0, 1]) in batches on ``device``; float32 out on CPU."""
     outputs = []
-    for chunk in chunks(images, batch_size):
-        x = chunk.to(device, non_blocking=True).float().div_(255)
+    for chunk in chunks(images, batch_size, device=device):
+        x = chunk.to(device, non_blocking=True)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp):

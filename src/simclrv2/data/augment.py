@@ -19,11 +19,10 @@ Where we follow torchvision rather than the official SimCLR code (google-researc
 * blur: kernel ``2 * (size // 10 // 2) + 1`` and sigma uniform in [0.1, 2.0] as the official code,
   but reflect padding (torchvision) rather than TF's zero padding. Off by default below 96 px
   (the official CIFAR-10 setting).
-* eval: the official central crop keeping 0.875 of the shorter side, resized bicubically (with
-  antialiasing, which TF's ``tf.image.resize`` leaves off) -- but only when the image is not already
-  ``size`` x ``size``; images stored at the training size (CIFAR at 32 px) are only converted to
-  float, which is what the official code does at <= 32 px. Photos of other sizes get the crop from
-  :func:`simclrv2.data.files.eval_crop` on uint8 before they reach the model.
+* eval: exactly the official ``preprocess_for_eval`` (:func:`simclrv2.data.gpu_augment.to_float`):
+  above 32 px the central crop keeping 0.875 of the shorter side, resized with TF's bicubic
+  (Keys a = -0.5, no antialiasing: :mod:`simclrv2.data.tf_resize`), clipped to [0, 1]; at 32 px
+  and below (CIFAR) no crop, images at that size only converted to float.
 """
 
 from __future__ import annotations
@@ -33,9 +32,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as TF
 
-from simclrv2.data.gpu_augment import blur_kernel_size, center_crop_box
+from simclrv2.data.gpu_augment import blur_kernel_size, to_float
 
 __all__ = ["simclr_transform", "finetune_transform", "eval_transform", "SimCLRViews", "CenterCropResize"]
 
@@ -77,25 +75,21 @@ def finetune_transform(size: int, min_scale: float = 0.08, flip: float = 0.5) ->
 
 
 class CenterCropResize:
-    """The official eval crop (a central square keeping ``proportion`` of the shorter side, bicubic
-    resize to ``size``, clipped to [0, 1]); identity for images already ``size`` x ``size``."""
+    """The official evaluation view of a float ``[3, H, W]`` image: ``data_util.preprocess_for_eval``
+    at ``size`` (:func:`simclrv2.data.gpu_augment.to_float`: central crop keeping 0.875 of the
+    shorter side above 32 px, TF's bicubic resize without antialiasing, clipped to [0, 1])."""
 
-    def __init__(self, size: int, proportion: float = 0.875) -> None:
+    def __init__(self, size: int, proportion: float | None = None) -> None:
         self.size, self.proportion = size, proportion
 
     def __call__(self, img: Tensor) -> Tensor:
-        height, width = img.shape[-2:]
-        if height == self.size and width == self.size:
-            return img
-        top, left, h, w = center_crop_box(height, width, self.proportion)
-        out = TF.resized_crop(img, top, left, h, w, [self.size, self.size],
-                              interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
-        return out.clamp_(0, 1)
+        return to_float(img, self.size, self.proportion)
 
 
-def eval_transform(size: int, crop_proportion: float = 0.875) -> Callable:
-    """Evaluation view: float in [0, 1]; the official central crop + resize only for images that
-    are not already ``size`` x ``size`` (see :class:`CenterCropResize`)."""
+def eval_transform(size: int, crop_proportion: float | None = None) -> Callable:
+    """Evaluation view of a PIL image or uint8 tensor: float in [0, 1], the official
+    ``preprocess_for_eval`` (see :class:`CenterCropResize`); ``crop_proportion`` overrides the
+    official choice (0.875 above 32 px, no crop at or below)."""
     return v2.Compose([
         v2.ToImage(),
         v2.ToDtype(torch.float32, scale=True),

@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from simclrv2.data.files import JPEG_EXTENSIONS, FileImages, UnreadableImage, fit_short_side, fit_square
-from simclrv2.data.gpu_augment import _uniform_batch
+from simclrv2.data.gpu_augment import _uniform_batch, to_float
 from simclrv2.data.ragged import RaggedImages
 
 log = logging.getLogger(__name__)
@@ -168,14 +168,19 @@ class BatchFeed:
         return RaggedImages.stack(out, self.images.size)
 
 
-def chunks(images: Tensor | RaggedImages | FileImages, batch_size: int, workers: int = 4) -> Iterator[Tensor]:
-    """The evaluation views in order, uint8 ``[B, 3, S, S]``, ``batch_size`` at a time (CPU or where
-    they live): decoded tensors as they are, ragged images and files through the official central
-    crop (:func:`simclrv2.data.files.eval_crop`), files decoded in DataLoader workers."""
+def chunks(images: Tensor | RaggedImages | FileImages, batch_size: int, workers: int = 4,
+           device: torch.device | str | None = None) -> Iterator[Tensor]:
+    """The evaluation views in order, float32 ``[B, 3, S, S]`` in [0, 1], ``batch_size`` at a time:
+    the official ``preprocess_for_eval`` (:func:`simclrv2.data.gpu_augment.to_float`) of each
+    kept image -- uint8 tensors on ``device`` (default: where they are), ragged images where they
+    live, files decoded in DataLoader workers. Float tensors are taken as views already made
+    (e.g. ``FileImages[...]``) and only moved."""
     n = len(images)
     if isinstance(images, Tensor):
         for start in range(0, n, batch_size):
-            yield images[start:start + batch_size]
+            chunk = images[start:start + batch_size]
+            chunk = chunk if device is None else chunk.to(device, non_blocking=True)
+            yield chunk.float() if chunk.is_floating_point() else to_float(chunk, chunk.shape[-1])
         return
     if isinstance(images, RaggedImages):
         for start in range(0, n, batch_size):

@@ -10,7 +10,9 @@ Every path (decoded once, streamed, evaluation, ``predict``, ``embed``) decodes 
 * the EXIF orientation is applied (the image as a photo viewer shows it);
 * an image over ``max_pixels`` is refused before it is decoded (a decompression bomb);
 * the kept copy is downscaled, aspect ratio kept, so that its short side is at most the cap
-  (:func:`cap_size`); training crops are cut from it, in its own coordinates.
+  (:func:`cap_size`); training crops are cut from it, in its own coordinates. Evaluation views of
+  streamed files (:meth:`FileImages.load`) are cut from the whole decoded image, as the official
+  code's.
 
 :class:`FileImages` stands where decoded images would: it has a length, a shape and lazy subsets.
 Training reads it through :class:`simclrv2.data.feed.BatchFeed`, whose DataLoader workers only
@@ -32,7 +34,7 @@ import torch
 from torch import Tensor
 
 from simclrv2.data.errors import DataError
-from simclrv2.data.gpu_augment import center_crop_box
+from simclrv2.data.gpu_augment import to_float
 
 log = logging.getLogger(__name__)
 
@@ -83,20 +85,12 @@ def fit_square(image: Tensor, size: int) -> Tensor:
     return image.contiguous()
 
 
-def eval_crop(image: Tensor, size: int, proportion: float = 0.875) -> Tensor:
-    """Evaluation view of uint8 ``[3, H, W]``: the official central crop (:func:`center_crop_box`)
-    resized to ``size`` x ``size`` (bicubic, antialiased), uint8. Images of 32 px or less (short
-    side) keep their whole central square (no 0.875 crop, as the official code at 32 px); a crop
-    already ``size`` x ``size`` is returned as it is."""
-    from torchvision.transforms.v2 import InterpolationMode
-    from torchvision.transforms.v2 import functional as TF
-
-    h, w = image.shape[-2:]
-    top, left, ch, cw = center_crop_box(h, w, 1.0 if min(h, w) <= 32 else proportion)
-    crop = image[..., top:top + ch, left:left + cw]
-    if (ch, cw) == (size, size):
-        return crop.contiguous()
-    return TF.resize(crop, [size, size], interpolation=InterpolationMode.BICUBIC, antialias=True).contiguous()
+def eval_crop(image: Tensor, size: int) -> Tensor:
+    """Evaluation view of uint8 ``[3, H, W]``, float32 ``[3, size, size]`` in [0, 1]: the official
+    ``data_util.preprocess_for_eval`` (:func:`simclrv2.data.gpu_augment.to_float`: the central
+    crop keeping 0.875 of the short side above 32 px, TF's bicubic resize without antialiasing,
+    clipped)."""
+    return to_float(image, size)
 
 
 def _from_pil(im) -> Tensor:
@@ -220,12 +214,14 @@ class FileImages:
     def _like(self, files: list[str]) -> "FileImages":
         return FileImages(files, self.size, self.cap, self.strict, self.workers, self.crop, self.max_pixels)
 
-    def decode(self, i: int) -> Tensor:
-        """Image ``i`` as kept for training (see the class); unreadable files as the class says."""
+    def decode(self, i: int, whole: bool = False) -> Tensor:
+        """Image ``i`` as kept for training (see the class; ``whole``: at its full size in the
+        ``full`` mode, for the evaluation view); unreadable files as the class says."""
         for step in range(len(self.files)):
             j = (i + step) % len(self.files)
             try:
-                image = decode_file(self.files[j], None if self.crop == "square" else self.cap, self.max_pixels)
+                cap = None if self.crop == "square" or whole else self.cap
+                image = decode_file(self.files[j], cap, self.max_pixels)
             except UnreadableImage as e:
                 if self.strict:
                     raise
@@ -240,19 +236,19 @@ class FileImages:
         raise UnreadableImage(f"none of the {len(self.files)} images (e.g. {self.files[0]}) could be read")
 
     def load(self, i: int) -> Tensor:
-        """Image ``i``'s evaluation view, uint8 ``[3, size, size]`` (``square``: the kept square)."""
-        image = self.decode(i)
-        return image if self.crop == "square" else eval_crop(image, self.size)
+        """Image ``i``'s evaluation view, float32 ``[3, size, size]`` (:func:`eval_crop`) of the whole
+        decoded image (``square``: of the kept square)."""
+        return eval_crop(self.decode(i, whole=True), self.size)
 
     def __getitem__(self, index: int | slice | Tensor | Sequence[int]) -> Tensor:
-        """Evaluation views (threads); an int gives ``[3, S, S]``, anything else ``[B, 3, S, S]``."""
+        """Evaluation views, float32 (threads); an int gives ``[3, S, S]``, anything else ``[B, 3, S, S]``."""
         if isinstance(index, int):
             return self.load(index)
         if isinstance(index, slice):
             rows = list(range(len(self.files)))[index]
         else:
             rows = torch.as_tensor(index, dtype=torch.long).reshape(-1).tolist()
-        out = torch.empty(len(rows), 3, self.size, self.size, dtype=torch.uint8)
+        out = torch.empty(len(rows), 3, self.size, self.size)
         if not rows:
             return out
 

@@ -30,12 +30,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from simclrv2.data.tf_resize import resize_bicubic_tf
+
 __all__ = [
     "sample_crop_boxes", "resized_crop", "resized_crop_ragged", "random_resized_crop",
     "rgb_to_grayscale", "adjust_brightness", "adjust_contrast", "adjust_saturation", "adjust_hue",
     "apply_color_jitter", "color_jitter", "random_grayscale",
     "blur_kernel_size", "apply_gaussian_blur", "gaussian_blur",
-    "center_crop_box", "to_float", "simclr_views", "crop_flip",
+    "CROP_PROPORTION", "center_crop_box", "eval_crop_proportion", "to_float", "simclr_views", "crop_flip",
 ]
 
 _GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
@@ -462,24 +464,45 @@ def gaussian_blur(x: Tensor, p: float = 0.5, sigma_range: tuple[float, float] = 
 # pipelines
 
 
-def center_crop_box(height: int, width: int, proportion: float = 0.875) -> tuple[int, int, int, int]:
+CROP_PROPORTION = 0.875  # data_util.CROP_PROPORTION: the evaluation crop keeps 0.875 of the shorter side
+NO_CROP_MAX_SIZE = 32  # data.get_preprocess_fn: at image_size <= 32 (CIFAR) the official code does not crop
+
+
+def center_crop_box(height: int, width: int, proportion: float = CROP_PROPORTION) -> tuple[int, int, int, int]:
     """The official SimCLR eval crop ``(top, left, side, side)``: a centred square keeping
-    ``proportion`` of the shorter side (offsets rounded up, as ``data_util.center_crop``)."""
+    ``proportion`` of the shorter side (side ``rint``, offsets rounded up, as ``data_util.center_crop``)."""
     side = max(1, int(round(proportion * min(height, width))))  # round() is rint: half to even
     return (height - side + 1) // 2, (width - side + 1) // 2, side, side
 
 
-def to_float(images: Tensor, size: int | None = None, crop_proportion: float = 0.875) -> Tensor:
-    """Evaluation view: uint8 -> float in [0, 1]. Images already ``size`` x ``size`` (or
-    ``size=None``) are only converted; others get the official eval transform, a central crop
-    keeping ``crop_proportion`` of the shorter side resized to ``size`` (bicubic, antialiased)."""
+def eval_crop_proportion(size: int) -> float:
+    """The share of the shorter side the evaluation view keeps at ``image_size`` ``size``: 0.875,
+    or the whole central square at 32 px and below, where the official code does not crop."""
+    return CROP_PROPORTION if size > NO_CROP_MAX_SIZE else 1.0
+
+
+def to_float(images: Tensor, size: int | None = None, crop_proportion: float | None = None) -> Tensor:
+    """Evaluation view of uint8 (or float [0, 1]) ``[..., 3, H, W]``: the official
+    ``data_util.preprocess_for_eval`` at ``image_size`` ``size``, float32 ``[..., 3, size, size]``.
+
+    That is: uint8 scaled by 1/255; above 32 px the central square keeping 0.875 of the shorter side
+    (:func:`center_crop_box`), resized to ``size`` x ``size`` with TensorFlow's bicubic resize
+    (:func:`simclrv2.data.tf_resize.resize_bicubic_tf`: Keys a = -0.5, no antialiasing, as
+    ``tf.image.resize``), clipped to [0, 1]. At 32 px and below (``crop=False`` in the official
+    code) images already ``size`` x ``size`` are only converted; others -- which the official code
+    cannot take -- get their whole central square resized the same way. ``size=None``: only
+    converted. ``crop_proportion`` overrides the 0.875 / 1.0 choice.
+    """
     x = _float01(images)
-    height, width = x.shape[-2:]
-    if size is None or (height == size and width == size):
+    if size is None:
         return x.contiguous()
-    top, left, h, w = center_crop_box(height, width, crop_proportion)
-    x = x[..., top:top + h, left:left + w]
-    return F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp_(0, 1)
+    proportion = eval_crop_proportion(size) if crop_proportion is None else crop_proportion
+    height, width = x.shape[-2:]
+    if proportion == 1.0 and height == size and width == size:
+        return x.contiguous()
+    top, left, h, w = center_crop_box(height, width, proportion)
+    x = resize_bicubic_tf(x[..., top:top + h, left:left + w], (size, size))
+    return x.clamp_(0, 1)
 
 
 def simclr_views(images: Tensor, size: int, strength: float = 1.0, blur: bool | None = None,

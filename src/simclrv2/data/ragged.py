@@ -79,9 +79,10 @@ class RaggedImages:
         return RaggedImages(self.data.pin_memory(), self.sizes, self.size, self.offsets)
 
     def eval_views(self, start: int = 0, stop: int | None = None) -> Tensor:
-        """uint8 ``[B, 3, size, size]``: the evaluation crop (:func:`eval_crop`) of images ``start:stop``."""
+        """float32 ``[B, 3, size, size]``: the evaluation views (:func:`eval_crop`, the official
+        ``preprocess_for_eval``) of images ``start:stop``, computed where the images are."""
         stop = len(self) if stop is None else min(stop, len(self))
-        out = torch.empty(max(0, stop - start), 3, self.size, self.size, dtype=torch.uint8, device=self.device)
+        out = torch.empty(max(0, stop - start), 3, self.size, self.size, device=self.device)
         for k, i in enumerate(range(start, stop)):
             out[k] = eval_crop(self.image(i), self.size)
         return out

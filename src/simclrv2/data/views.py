@@ -64,8 +64,6 @@ class ViewMaker:
                    device=device, flip=a.flip, style=a.style)
 
     def __call__(self, x: Tensor | RaggedImages) -> Tensor:
-        if self.kind == "none" and isinstance(x, RaggedImages):
-            x = x.eval_views()
         if self._per_image is not None:
             images = x if isinstance(x, Tensor) else [x.image(i) for i in range(len(x))]
             out = torch.stack([self._per_image(img.cpu()) for img in images]).to(x.device)
@@ -75,6 +73,8 @@ class ViewMaker:
         elif self.kind == "crop_flip":
             out = self._ops.crop_flip(x, self.size, min_scale=self.min_scale, generator=self.generator,
                                       flip=self.flip)
+        elif isinstance(x, RaggedImages):
+            out = x.eval_views()  # the official preprocess_for_eval of each image at its own size
         else:
             out = gpu_augment.to_float(x, self.size)
         if self.channels_last:

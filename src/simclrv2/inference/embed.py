@@ -80,7 +80,8 @@ def data_config(meta: dict[str, Any], path: str | None = None, dataset: str | No
 @torch.no_grad()
 def extract(fn: Callable[[Tensor], Tensor], images: Tensor, device: torch.device, batch_size: int = 256,
             desc: str = "embed", show_progress: bool = True) -> Tensor:
-    """``fn`` applied to uint8 images in batches (float32 [0, 1] in, float32 on CPU out), with a progress bar."""
+    """``fn`` applied to the evaluation views of ``images`` in batches (the official ``preprocess_for_eval``:
+    :func:`simclrv2.core.batched.infer`), float32 on CPU out, with a progress bar."""
     from tqdm import tqdm
 
     chunks = []

@@ -22,6 +22,7 @@ from torch import nn
 
 from simclrv2 import checkpoint
 from simclrv2.inference import InferenceError
+from simclrv2.data.gpu_augment import eval_crop_proportion
 from simclrv2.train.classifier import load_classifier
 
 __all__ = ["FORMATS", "ONNX_OPSET", "export_checkpoint", "to_onnx", "to_torchscript", "sidecar"]
@@ -37,9 +38,11 @@ def sidecar(meta: dict[str, Any], fmt: str, source: str | Path) -> dict[str, Any
     """What a consumer of the exported file needs to know to feed it and read its output."""
     size = int(meta["image_size"])
     square = meta.get("config", {}).get("data", {}).get("crop") == "square"
-    crop = ("none: the short side resized to the image size (bilinear, antialiased), then centre-cropped"
-            if square else "central square of side rint(0.875 x short side), offsets ((H - side + 1) // 2, "
-            "(W - side + 1) // 2); the whole central square (side = short side) for images of 32 px or less")
+    crop_side = ("rint(0.875 x short side)" if eval_crop_proportion(size) < 1 else
+                 "the short side (no 0.875 crop at 32 px and below, as the official code)")
+    crop = (f"central square of side {crop_side}, offsets ((H - side + 1) // 2, (W - side + 1) // 2)"
+            + (f", cut from the square kept in training: the short side resized to {size} px (bilinear, "
+               "antialiased) and centre-cropped" if square else ""))
     return {
         "format": fmt,
         "source_checkpoint": str(source),
@@ -50,9 +53,13 @@ def sidecar(meta: dict[str, Any], fmt: str, source: str | Path) -> dict[str, Any
         "preprocessing": {
             "color": "RGB", "image_size": size, "exif_orientation": "applied",
             "crop": crop,
-            "resize": None if square else f"crop resized to {size} x {size} px (bicubic, antialiased); crops "
-                                          "already that size kept",
-            "range": [0.0, 1.0], "scale": "uint8 / 255", "normalization": None,
+            "resize": f"crop resized to {size} x {size} px as TensorFlow's tf.image.resize(method='bicubic', "
+                      "antialias=False): half-pixel centres, Keys cubic a=-0.5, taps outside the crop weighted 0 "
+                      "and the rest renormalised; no antialiasing",
+            "range": [0.0, 1.0], "scale": "uint8 / 255 before the resize", "clip": [0.0, 1.0],
+            "normalization": None,
+            "reference": "data_util.preprocess_for_eval of the official SimCLR TF2 code "
+                         "(google-research/simclr, tf2/data_util.py)",
         },
         "classes": list(meta["classes"]),
     }

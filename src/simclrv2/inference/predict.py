@@ -1,8 +1,11 @@
 """Class predictions for image files with a classifier checkpoint (fine-tuned, distilled or supervised).
 
-Images get the evaluation preprocessing of training (:func:`simclrv2.data.files.eval_crop`): decoded
-to RGB (EXIF orientation applied), the official central crop (a square of 0.875 x the short side)
-resized to the checkpoint's ``image_size`` (bicubic), scaled to [0, 1] (no mean/std normalisation).
+Images get the evaluation preprocessing of training, the official ``data_util.preprocess_for_eval``
+(:func:`simclrv2.data.gpu_augment.to_float`): decoded to RGB (EXIF orientation applied), scaled to
+[0, 1], the official central crop (a square of rint(0.875 x the short side); none at 32 px and
+below) resized to the checkpoint's ``image_size`` with TensorFlow's bicubic resize (no
+antialiasing), clipped to [0, 1] (no mean/std normalisation). Files are read ``batch_size`` at a
+time, so memory does not grow with their number.
 """
 
 from __future__ import annotations
@@ -63,22 +66,21 @@ def collect_images(paths: Iterable[str | Path]) -> list[Path]:
 
 def eval_settings(meta: dict[str, Any]) -> dict[str, Any]:
     """How a checkpoint's network sees an image: its ``image_size`` and its training run's
-    ``data.crop`` / ``data.cache_size`` (the keyword arguments of :func:`eval_views`)."""
+    ``data.crop`` (the keyword arguments of :func:`eval_views`)."""
     data = meta.get("config", {}).get("data", {})
-    return {"image_size": int(meta["image_size"]), "crop": data.get("crop", "full"),
-            "cap": data.get("cache_size") or None}
+    return {"image_size": int(meta["image_size"]), "crop": data.get("crop", "full")}
 
 
-def eval_views(images: Sequence[Path | Tensor], image_size: int, crop: str = "full", cap: int | None = None,
+def eval_views(images: Sequence[Path | Tensor], image_size: int, crop: str = "full",
                workers: int = 4) -> tuple[Tensor, list[str | None]]:
-    """The evaluation views (uint8 ``[N, 3, S, S]``) of image files, or of images already decoded
+    """The evaluation views (float32 ``[N, 3, S, S]``) of image files, or of images already decoded
     (uint8 ``[3, H, W]``, taken as if read from a file), and per image None or why it could not be
     read (unreadable files are left out of the views)."""
-    return datasets.decode_images(list(images), image_size, workers, "square" if crop == "square" else "eval", cap)
+    return datasets.decode_images(list(images), image_size, workers, "square" if crop == "square" else "eval")
 
 
 def probabilities(net: nn.Module, views: Tensor, device: torch.device, batch_size: int = 256) -> Tensor:
-    """Softmax class probabilities (float32 ``[N, C]`` on CPU) of uint8 evaluation views."""
+    """Softmax class probabilities (float32 ``[N, C]`` on CPU) of evaluation views."""
     return infer(net.to(device).eval(), views, device, batch_size=batch_size, amp=False).softmax(dim=1)
 
 
@@ -93,20 +95,27 @@ def top_classes(probs: Tensor, classes: Sequence[str], paths: Sequence[str], top
 
 @torch.no_grad()
 def predict_files(net: nn.Module, classes: Sequence[str], image_size: int, files: Sequence[Path], top: int = 5,
-                  device: torch.device | str = "cpu", batch_size: int = 256, workers: int = 4, crop: str = "full",
-                  cap: int | None = None) -> tuple[list[Prediction], list[str]]:
+                  device: torch.device | str = "cpu", batch_size: int = 256, workers: int = 4, crop: str = "full"
+                  ) -> tuple[list[Prediction], list[str]]:
     """Top-``top`` classes and softmax probabilities of each readable file; also why each unreadable
-    file could not be read. ``crop``/``cap`` are the training run's ``data.crop``/``data.cache_size``."""
+    file could not be read. ``crop`` is the training run's ``data.crop`` (``square``: the view is
+    cut from the square kept in training; else from the whole decoded image)."""
     if top < 1:
         raise InferenceError(f"--top must be >= 1, got {top}")
     device = torch.device(device)
-    images, errors = eval_views(files, image_size, crop, cap, workers)
-    readable = [i for i, e in enumerate(errors) if e is None]
-    unreadable = [e for e in errors if e is not None]
-    if not readable:
-        return [], unreadable
-    probs = probabilities(net, images, device, batch_size)
-    return top_classes(probs, classes, [files[i] for i in readable], top), unreadable
+    net = net.to(device).eval()
+    files = list(files)
+    predictions: list[Prediction] = []
+    unreadable: list[str] = []
+    for start in range(0, len(files), batch_size):  # a batch of files at a time: memory does not grow with them
+        batch = files[start:start + batch_size]
+        views, errors = eval_views(batch, image_size, crop, workers)
+        readable = [i for i, e in enumerate(errors) if e is None]
+        unreadable.extend(e for e in errors if e is not None)
+        if readable:
+            predictions += top_classes(probabilities(net, views, device, batch_size), classes,
+                                       [batch[i] for i in readable], top)
+    return predictions, unreadable
 
 
 def format_table(predictions: Sequence[Prediction]) -> str:
