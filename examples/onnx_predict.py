@@ -5,9 +5,10 @@
     python examples/onnx_predict.py model.onnx photo.jpg more/photos/ --top 3
 
 ``model.onnx.json`` (written by ``export``) names the input and output and describes the preprocessing:
-RGB with the EXIF orientation applied, the evaluation crop resized to ``image_size``, values
-``uint8 / 255`` in [0, 1], no mean/std normalisation, NCHW float32. The crop and resize here are the
-package's own (``simclrv2.data.datasets.decode_images``, what ``simclrv2 predict`` feeds the network), so
+RGB with the EXIF orientation applied, values in [0, 1], the official evaluation crop resized to
+``image_size`` (TensorFlow's bicubic, clipped), no mean/std normalisation, NCHW float32. The crop and
+resize here are the package's own (``simclrv2.inference.predict.eval_views``, what ``simclrv2 predict``
+feeds the network), so
 the probabilities printed are ``predict``'s. A deployment without torch reimplements the steps the
 sidecar describes.
 """
@@ -25,12 +26,14 @@ import numpy as np
 def preprocess(files: list[Path], sidecar: dict) -> tuple[np.ndarray, list[str | None]]:
     """float32 ``[N, 3, S, S]`` of the readable files, as ``sidecar["preprocessing"]`` describes; and, per
     file, None or why it could not be read."""
-    from simclrv2.data.datasets import decode_images
+    from simclrv2.data.gpu_augment import to_float
+    from simclrv2.inference.predict import eval_views
 
     prep = sidecar["preprocessing"]
-    crop = "square" if prep["resize"] is None else "eval"  # runs trained with data.crop=square: no 0.875 crop
-    images, errors = decode_images(files, int(prep["image_size"]), workers=1, crop=crop)
-    x = images.numpy().astype(np.float32) / 255.0  # "scale": "uint8 / 255"
+    size = int(prep["image_size"])
+    crop = prep.get("kept", "full")  # runs trained with data.crop=square: cut from their kept square
+    images, errors = eval_views(files, size, crop, workers=1)
+    x = (images if images.is_floating_point() else to_float(images, size)).numpy()
     normalization = prep.get("normalization")
     if normalization:  # none today; honoured should an export ever record one
         mean = np.asarray(normalization["mean"], np.float32)[:, None, None]

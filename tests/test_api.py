@@ -220,9 +220,9 @@ def test_tensors_are_taken_as_decoded_files(runs, photos):
     assert torch.equal(model.features(same_size), model.features(list(same_size)))
     torch.testing.assert_close(model.features(photos, batch_size=2), by_file, rtol=1e-5, atol=1e-6)
     views = model.preprocess(photos)
-    assert views.dtype == torch.uint8 and views.shape == (9, 3, 8, 8)
+    assert views.dtype == torch.float32 and views.shape == (9, 3, 8, 8)
     with torch.no_grad():
-        torch.testing.assert_close(model.network.encoder(views.float() / 255), by_file, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(model.network.encoder(views), by_file, rtol=1e-5, atol=1e-6)
 
 
 def test_bad_inputs_raise_one_clear_error(runs, photos, tmp_path):

@@ -120,8 +120,8 @@ class Model:
 
     @property
     def preprocessing(self) -> dict[str, Any]:
-        """The evaluation preprocessing's settings: ``image_size`` and ``crop`` (the training run's
-        ``data.crop``)."""
+        """The evaluation preprocessing's settings: ``image_size``, ``crop`` and ``cap`` (the training
+        run's ``data.crop`` and ``data.cache_size``)."""
         return predict.eval_settings(self.meta)
 
     def to(self, device: str | torch.device) -> "Model":
@@ -139,9 +139,10 @@ class Model:
     # ------------------------------------------------------------------------------------ using it
 
     def preprocess(self, images: Images, workers: int = 4) -> Tensor:
-        """The evaluation views the network sees, uint8 ``[N, 3, S, S]`` (divide by 255 for its
-        input): the central crop of 0.875 x the short side (the whole central square up to 32 px)
-        resized to ``S``, exactly as ``simclrv2 predict``. An unreadable file is an error."""
+        """The evaluation views the network sees, float32 ``[N, 3, S, S]`` in [0, 1] (its input as
+        it is): the official ``preprocess_for_eval`` (the central crop of 0.875 x the short side,
+        none at ``S`` <= 32, TensorFlow's bicubic resize to ``S``, clip), exactly as ``simclrv2
+        predict``. An unreadable file is an error."""
         sources, names = _sources(images)
         views, errors = predict.eval_views(sources, **self.preprocessing, workers=workers)
         _check_readable(errors)

@@ -310,8 +310,9 @@ def decode_images(files: list[Path | Tensor], size: int, workers: int = 4, crop:
     """Decode files (:func:`simclrv2.data.files.decode_file`, as the streaming path does) as kept for
     ``crop``: ``full`` -- each at its own size, short side at most ``cap``, a :class:`RaggedImages`
     (a tensor when all are ``size`` x ``size``); ``square`` -- the short side resized to ``size``
-    and centre-cropped; ``eval`` -- the evaluation view of the whole decoded image (:func:`eval_crop`,
-    float32 ``[N, 3, size, size]``, what ``predict`` feeds).
+    and centre-cropped; ``eval`` -- the evaluation view (:func:`eval_crop`, float32 ``[N, 3, size, size]``, what
+    ``predict`` feeds) of the image as kept in training (short side at most ``cap``), so that
+    ``predict``, ``embed``, ``evaluate`` and validation see the same views.
 
     Also returns, per file, None or why it could not be read; unreadable files are left out of the
     images. An item may also be an image decoded already (uint8 ``[3, H, W]``, as :func:`decode_file`
@@ -326,9 +327,9 @@ def decode_images(files: list[Path | Tensor], size: int, workers: int = 4, crop:
     def work(i: int) -> None:
         try:
             if isinstance(files[i], Tensor):  # decoded already (uint8 [3, H, W]): as if read from a file
-                image = fit_short_side(files[i], cap) if crop == "full" else files[i]
+                image = files[i] if crop == "square" else fit_short_side(files[i], cap)
             else:
-                image = decode_file(files[i], cap if crop == "full" else None, max_pixels or MAX_PIXELS)
+                image = decode_file(files[i], None if crop == "square" else cap, max_pixels or MAX_PIXELS)
         except UnreadableImage as e:
             errors[i] = str(e)
             return

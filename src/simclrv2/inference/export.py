@@ -52,6 +52,7 @@ def sidecar(meta: dict[str, Any], fmt: str, source: str | Path) -> dict[str, Any
                    "note": "unnormalised; apply softmax for probabilities"},
         "preprocessing": {
             "color": "RGB", "image_size": size, "exif_orientation": "applied",
+            "kept": "square" if square else "full",  # the training run's data.crop: what the crop is cut from
             "crop": crop,
             "resize": f"crop resized to {size} x {size} px as TensorFlow's tf.image.resize(method='bicubic', "
                       "antialias=False): half-pixel centres, Keys cubic a=-0.5, taps outside the crop weighted 0 "

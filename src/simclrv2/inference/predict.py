@@ -66,17 +66,18 @@ def collect_images(paths: Iterable[str | Path]) -> list[Path]:
 
 def eval_settings(meta: dict[str, Any]) -> dict[str, Any]:
     """How a checkpoint's network sees an image: its ``image_size`` and its training run's
-    ``data.crop`` (the keyword arguments of :func:`eval_views`)."""
+    ``data.crop`` / ``data.cache_size`` (the keyword arguments of :func:`eval_views`)."""
     data = meta.get("config", {}).get("data", {})
-    return {"image_size": int(meta["image_size"]), "crop": data.get("crop", "full")}
+    return {"image_size": int(meta["image_size"]), "crop": data.get("crop", "full"),
+            "cap": data.get("cache_size") or None}
 
 
-def eval_views(images: Sequence[Path | Tensor], image_size: int, crop: str = "full",
+def eval_views(images: Sequence[Path | Tensor], image_size: int, crop: str = "full", cap: int | None = None,
                workers: int = 4) -> tuple[Tensor, list[str | None]]:
     """The evaluation views (float32 ``[N, 3, S, S]``) of image files, or of images already decoded
     (uint8 ``[3, H, W]``, taken as if read from a file), and per image None or why it could not be
     read (unreadable files are left out of the views)."""
-    return datasets.decode_images(list(images), image_size, workers, "square" if crop == "square" else "eval")
+    return datasets.decode_images(list(images), image_size, workers, "square" if crop == "square" else "eval", cap)
 
 
 def probabilities(net: nn.Module, views: Tensor, device: torch.device, batch_size: int = 256) -> Tensor:
@@ -95,8 +96,8 @@ def top_classes(probs: Tensor, classes: Sequence[str], paths: Sequence[str], top
 
 @torch.no_grad()
 def predict_files(net: nn.Module, classes: Sequence[str], image_size: int, files: Sequence[Path], top: int = 5,
-                  device: torch.device | str = "cpu", batch_size: int = 256, workers: int = 4, crop: str = "full"
-                  ) -> tuple[list[Prediction], list[str]]:
+                  device: torch.device | str = "cpu", batch_size: int = 256, workers: int = 4, crop: str = "full",
+                  cap: int | None = None) -> tuple[list[Prediction], list[str]]:
     """Top-``top`` classes and softmax probabilities of each readable file; also why each unreadable
     file could not be read. ``crop`` is the training run's ``data.crop`` (``square``: the view is
     cut from the square kept in training; else from the whole decoded image)."""
@@ -109,7 +110,7 @@ def predict_files(net: nn.Module, classes: Sequence[str], image_size: int, files
     unreadable: list[str] = []
     for start in range(0, len(files), batch_size):  # a batch of files at a time: memory does not grow with them
         batch = files[start:start + batch_size]
-        views, errors = eval_views(batch, image_size, crop, workers)
+        views, errors = eval_views(batch, image_size, crop, cap, workers)
         readable = [i for i, e in enumerate(errors) if e is None]
         unreadable.extend(e for e in errors if e is not None)
         if readable:
