@@ -76,3 +76,45 @@ def test_decoding_on_threads_in_a_fresh_process(tmp_path):
         assert done.returncode == 0, done.stderr[-2000:]
         sums.add(done.stdout.strip())
     assert len(sums) == 1  # and the same pixels each time
+
+
+# -- 4. 16-bit PNGs decode like their 8-bit twins ---------------------------------------------------
+
+def write_png16(path: Path, samples: np.ndarray) -> Path:
+    """A 16-bit PNG (greyscale ``[H, W]`` or RGB ``[H, W, 3]``) written by hand: PIL cannot write 16-bit RGB."""
+    import struct
+    import zlib
+
+    h, w = samples.shape[:2]
+    raw = b"".join(b"\x00" + samples[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", w, h, 16, 2 if samples.ndim == 3 else 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("form", ["v << 8", "v * 257"])
+@pytest.mark.parametrize("colour", [True, False], ids=["rgb", "grey"])
+def test_16_bit_png_decodes_as_its_8_bit_twin(tmp_path, form, colour):
+    """``v << 8`` decoded one lower for every v > 128 (127 of 256 samples) before the fix."""
+    from simclrv2.data.files import decode_file
+
+    v = np.random.default_rng(1).permutation(256).astype(np.uint16).reshape(16, 16)
+    v = np.stack([v, v[::-1], v.T], -1) if colour else v
+    wide = v << 8 if form == "v << 8" else v * 257
+    decoded = decode_file(write_png16(tmp_path / "wide.png", wide))
+    Image.fromarray(v.astype(np.uint8)).save(tmp_path / "twin.png")
+    twin = np.asarray(Image.open(tmp_path / "twin.png").convert("RGB"))  # PIL's reading of the 8-bit twin
+    assert np.array_equal(decoded.permute(1, 2, 0).numpy(), twin)
+
+
+def test_16_bit_png_of_other_values_rounds_to_nearest(tmp_path):
+    from simclrv2.data.files import decode_file
+
+    wide = np.arange(0, 65536, 97, dtype=np.uint16)[:600].reshape(20, 30)
+    decoded = decode_file(write_png16(tmp_path / "wide.png", wide))[0].numpy()
+    assert np.array_equal(decoded, np.round(wide / 257).astype(np.uint8))

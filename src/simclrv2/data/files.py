@@ -5,7 +5,8 @@ Every path (decoded once, streamed, evaluation, ``predict``, ``embed``) decodes 
 :func:`decode_file`, so they all see the same pixels:
 
 * any mode becomes RGB: greyscale is repeated, CMYK converted, 16-bit samples scaled to 8 bits
-  (``round(v / 257)``, not truncated), transparent pixels (RGBA, LA, palette with a transparent
+  (``round(v / 257)``, not truncated; an image whose samples all have a zero low byte is 8-bit data
+  shifted up, ``v << 8``, and keeps its high byte), transparent pixels (RGBA, LA, palette with a transparent
   index) composited on white;
 * the EXIF orientation is applied (the image as a photo viewer shows it);
 * an image over ``max_pixels`` is refused before it is decoded (a decompression bomb);
@@ -105,7 +106,7 @@ def _from_pil(im) -> Tensor:
     if im.mode.startswith("I;16") or im.mode in ("I", "F"):  # 16-bit (or 32-bit) greyscale
         a = np.asarray(im).astype(np.float64)
         if im.mode.startswith("I;16") or a.max() > 255:
-            a = a / 257.0
+            a = a / (256.0 if _shifted(a) else 257.0)
         grey = torch.from_numpy(np.clip(np.round(a), 0, 255).astype(np.uint8))
         return grey.expand(3, -1, -1).contiguous()
     if im.mode == "P" and "transparency" in im.info:
@@ -115,11 +116,19 @@ def _from_pil(im) -> Tensor:
     return torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
+def _shifted(samples: np.ndarray | Tensor) -> bool:
+    """Whether 16-bit samples are 8-bit values written as ``v << 8`` (every low byte zero): their high
+    byte is the value, where ``round(v / 257)`` would make half of them (``v > 128``) one lower."""
+    return not bool((samples % 256).any())
+
+
 def _to_uint8(image: Tensor) -> Tensor:
-    """16-bit samples scaled to 8 bits (``round(v / 257)``: 65535 -> 255), not truncated."""
+    """16-bit samples scaled to 8 bits (``round(v / 257)``: 65535 -> 255, ``v * 257 -> v``), not
+    truncated; ``v << 8`` samples (:func:`_shifted`) keep their high byte."""
     if image.dtype == torch.uint8:
         return image
-    return image.to(torch.float32).div_(257.0).round_().clamp_(0, 255).to(torch.uint8)
+    wide = image.to(torch.float32)
+    return wide.div_(256.0 if _shifted(wide) else 257.0).round_().clamp_(0, 255).to(torch.uint8)
 
 
 def decode_file(path: str | Path, cap: int | None = None, max_pixels: int = MAX_PIXELS) -> Tensor:
