@@ -5,6 +5,7 @@ unit, 16-bit PNG rounding, a full disk during a save, NaN features in ``evaluate
 values, and a tampered training state refused before anything is written.
 """
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -23,7 +24,8 @@ TINY = ["image_size=8", "width=0.125", "head_layers=2", "device=cpu", "epochs=1"
 def one_error_line(capsys, code, command):
     """The run ended with exit code 2 and one line ``simclrv2 COMMAND: error: ...``; that line."""
     err = capsys.readouterr().err
-    lines = [line for line in err.strip().splitlines() if not line.startswith(("INFO:", "WARNING:"))]
+    lines = [line.strip() for line in re.split(r"[\r\n]", err)
+             if line.strip() and not line.startswith(("INFO:", "WARNING:")) and "%|" not in line]  # progress bars
     assert code == 2 and "Traceback" not in err, err
     assert len(lines) == 1 and lines[0].startswith(f"simclrv2 {command}: error: "), err
     return lines[0]
@@ -118,3 +120,36 @@ def test_16_bit_png_of_other_values_rounds_to_nearest(tmp_path):
     wide = np.arange(0, 65536, 97, dtype=np.uint16)[:600].reshape(20, 30)
     decoded = decode_file(write_png16(tmp_path / "wide.png", wide))[0].numpy()
     assert np.array_equal(decoded, np.round(wide / 257).astype(np.uint8))
+
+
+# -- 5. a full disk during a save --------------------------------------------------------------------
+
+@pytest.mark.parametrize("failure", ["torch", "oserror"])
+def test_a_full_disk_while_saving_the_training_state_is_one_line(tmp_path, capsys, monkeypatch, failure):
+    """torch.save(path) reports ENOSPC as a RuntimeError ('unexpected pos'): was a traceback. The
+    previous checkpoint stays as it was, and the unfinished save is removed."""
+    import errno
+    import hashlib
+    import os
+
+    from simclrv2 import checkpoint
+
+    out = tmp_path / "run"
+    assert main(["pretrain", "--out", str(out), *TINY, "knn_every=0"]) == 0
+    before = hashlib.sha256((out / "last" / checkpoint.WEIGHTS).read_bytes()).hexdigest()
+    entries = sorted(p.name for p in out.iterdir())
+    real = torch.save
+
+    def full(obj, f, *args, **kwargs):
+        if failure == "torch":  # what torch.save(path) raises on a full disk (measured with /dev/full)
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # what a write to an open file raises
+
+    monkeypatch.setattr(torch, "save", full)
+    capsys.readouterr()
+    code = main(["pretrain", "--out", str(out), *TINY, "knn_every=0", "epochs=2"])
+    line = one_error_line(capsys, code, "pretrain")
+    assert "state.pt" in line and "free some space" in line, line
+    monkeypatch.setattr(torch, "save", real)
+    assert hashlib.sha256((out / "last" / checkpoint.WEIGHTS).read_bytes()).hexdigest() == before
+    assert sorted(p.name for p in out.iterdir()) == entries  # no unfinished save left behind
