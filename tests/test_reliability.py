@@ -153,3 +153,112 @@ def test_a_full_disk_while_saving_the_training_state_is_one_line(tmp_path, capsy
     monkeypatch.setattr(torch, "save", real)
     assert hashlib.sha256((out / "last" / checkpoint.WEIGHTS).read_bytes()).hexdigest() == before
     assert sorted(p.name for p in out.iterdir()) == entries  # no unfinished save left behind
+
+
+# -- 8. a tampered training state is refused before anything is written -----------------------------
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` (the lock record included) by name, and every link's target."""
+    import os
+
+    return {str(p.relative_to(root)): (os.readlink(p).encode() if p.is_symlink() else p.read_bytes())
+            for p in sorted(root.rglob("*")) if p.is_symlink() or p.is_file()}
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "supervised"])
+@pytest.mark.parametrize("tamper", ["no stepper", "history not a list", "best not a number"])
+def test_a_tampered_training_state_is_refused_before_anything_is_written(tmp_path, capsys, stage, tamper):
+    """Was refused only after run.json, config.yaml and .lock had been rewritten (a resume with more
+    epochs records the new config)."""
+    from simclrv2 import checkpoint
+    from simclrv2.train import rundir
+
+    out = tmp_path / "run"
+    assert main([stage, "--out", str(out), *TINY, "knn_every=0"]) == 0
+    rundir.release(out)
+    state_file = out / "last" / checkpoint.STATE
+    state = torch.load(state_file, weights_only=True)  # keeps its save id: only its structure is wrong
+    if tamper == "no stepper":
+        del state["stepper"]
+    elif tamper == "history not a list":
+        state["history"] = 5
+    else:
+        state["best"] = "high"
+    torch.save(state, state_file)
+    before = tree_bytes(out)
+    capsys.readouterr()
+    line = one_error_line(capsys, main([stage, "--out", str(out), *TINY, "knn_every=0", "epochs=2"]), stage)
+    assert "training state" in line, line
+    assert tree_bytes(out) == before
+    rundir.release(out)
+
+
+# -- 3. an export is one unit -----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sup") / "run"
+    assert main(["supervised", "--out", str(out), *TINY, "knn_every=0"]) == 0
+    from simclrv2.train import rundir
+
+    rundir.release(out)
+    return out / "best"
+
+
+@pytest.mark.parametrize("fmt,name", [("torchscript", "m.pt"), ("onnx", "m.onnx")])
+def test_an_export_is_one_unit(classifier, tmp_path, capsys, monkeypatch, fmt, name):
+    """Before: a failure (here a full disk) between the model's rename and the sidecar's left a new
+    model beside the previous model's sidecar, which nothing could tell; killed exports' temporary
+    files stayed forever."""
+    import errno
+    import json
+    import os
+
+    from simclrv2 import checkpoint
+    from simclrv2.inference import InferenceError
+    from simclrv2.inference.export import check_export
+
+    out = tmp_path / name
+    export = ["export", "--checkpoint", str(classifier), "--format", fmt, "--out", str(out)]
+    assert main(export) == 0
+    first = check_export(out)
+    # what exports killed during their writes leave (and a file of another name, which stays)
+    leftovers = [tmp_path / f".{name}.0123abcd.tmp", tmp_path / f".{name}.json.89abcdef.tmp"]
+    for p in [*leftovers, tmp_path / ".other.pt.0123abcd.tmp"]:
+        p.write_bytes(b"partial")
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(checkpoint, "write_json", full)  # the sidecar cannot be written
+    capsys.readouterr()
+    one_error_line(capsys, main(export), "export")
+    monkeypatch.undo()
+    assert json.loads(out.with_name(name + ".json").read_text()) == first  # the previous sidecar...
+    with pytest.raises(InferenceError, match="describes another export"):  # ...no longer passes for this model
+        check_export(out)
+    assert not any(p.exists() for p in leftovers) and (tmp_path / ".other.pt.0123abcd.tmp").exists()
+    out.with_name(name + ".json").unlink()
+    with pytest.raises(InferenceError, match="has no sidecar"):
+        check_export(out)
+    assert main(export) == 0  # the next export publishes a matching pair
+    assert check_export(out)["export_id"] != first["export_id"]
+
+
+def test_an_export_killed_between_its_two_files_is_detected(classifier, tmp_path):
+    """SIGKILL after the model's rename, before the sidecar's (a fresh process)."""
+    import os
+    import signal
+
+    from simclrv2.inference import InferenceError
+    from simclrv2.inference.export import check_export
+
+    out = tmp_path / "m.pt"
+    export = ["export", "--checkpoint", str(classifier), "--format", "torchscript", "--out", str(out)]
+    assert main(export) == 0
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"),
+           "SIMCLRV2_KILL_AT": "export:model:1"}
+    done = subprocess.run([sys.executable, "-m", "simclrv2", *export], env=env, capture_output=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    with pytest.raises(InferenceError, match="describes another export"):
+        check_export(out)

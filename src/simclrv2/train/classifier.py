@@ -74,7 +74,8 @@ def train_classifier(model: nn.Module, net: nn.Module, labeled: datasets.ImageSe
                      before_fit: Callable[[], None] | None = None,
                      splits: datasets.Splits | None = None) -> dict[str, Any]:
     """Cross-entropy training of ``model`` (``net`` unwrapped) on ``labeled``; best/last checkpoints.
-    ``before_fit`` runs once everything is set up and checked, just before the first step."""
+    ``before_fit`` runs once everything is set up and checked (the checkpoint to resume included),
+    just before the first step."""
     device = rt.device
     images = BatchFeed(labeled.images, device, cfg.data.on_device, cfg.workers, cfg.data.decode)
     labels = labeled.labels.to(device)
@@ -100,9 +101,7 @@ def train_classifier(model: nn.Module, net: nn.Module, labeled: datasets.ImageSe
         metrics = evaluate_classifier(net, val.images, val.labels, device, cfg.amp)
         return {f"val_{k}": v for k, v in metrics.items()}
 
-    if before_fit is not None:
-        before_fit()
-    result = fit(stage, loss_of, evaluate, resume=resume, show_progress=show_progress)
+    result = fit(stage, loss_of, evaluate, resume=resume, show_progress=show_progress, commit=before_fit)
     return {**result, "checkpoint": str(out / "best"), "params": count_params(net)}
 
 

@@ -105,10 +105,12 @@ def run(cfg: Config, out_dir: str | Path, teacher_path: str | Path, splits: data
         metrics = evaluate_classifier(net, splits.val.images, splits.val.labels, device, cfg.amp)
         return {f"val_{k}": v for k, v in metrics.items()}
 
-    run_dir.commit()  # teacher, data and config are valid: only now is the directory created or replaced
-    if chosen is not None and rt.world.is_main:
-        subsets.save_list(splits.train.names, chosen, out / "labeled.txt")
-    result = fit(stage, loss_of, evaluate, resume=run_dir.resume, show_progress=show_progress)
+    def commit() -> None:  # teacher, data, config and checkpoint are valid: the directory is created or replaced
+        run_dir.commit()
+        if chosen is not None and rt.world.is_main:
+            subsets.save_list(splits.train.names, chosen, out / "labeled.txt")
+
+    result = fit(stage, loss_of, evaluate, resume=run_dir.resume, show_progress=show_progress, commit=commit)
     return {**result, "checkpoint": str(out / "best"), "params": count_params(net),
             "teacher_val": meta.get("teacher_val")}
 

@@ -110,7 +110,7 @@ def run(cfg: Config, out_dir: str | Path, splits: datasets.Splits | None = None,
         knn = knn_accuracy(net, splits, rt.device, s.knn_k, s.knn_temperature, cfg.amp)
         return {"knn_top1": knn["top1"], "knn_top5": knn["top5"]} if knn else {}
 
-    run_dir.commit()  # the data and config are valid: only now is the directory created or replaced
+    # the data, config and checkpoint are valid: only then is the directory created or replaced
     result = fit(stage, loss_of, evaluate, resume=run_dir.resume, show_progress=show_progress,
-                 after_step=after_step)
+                 after_step=after_step, commit=run_dir.commit)
     return {**result, "checkpoint": str(out / "last"), "params": count_params(net)}
