@@ -92,6 +92,7 @@ def atomic_write(path: Path, write) -> None:
         write(tmp)
         _follow_umask(tmp)
         _fsync(tmp)
+        kill_point(f"write:{path.name}")
         os.replace(tmp, path)
         _fsync(path.parent)
     finally:
