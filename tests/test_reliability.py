@@ -262,3 +262,57 @@ def test_an_export_killed_between_its_two_files_is_detected(classifier, tmp_path
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
     with pytest.raises(InferenceError, match="describes another export"):
         check_export(out)
+
+
+# -- 6. NaN features in evaluate --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pre") / "run"
+    assert main(["pretrain", "--out", str(out), *TINY, "knn_every=0"]) == 0
+    from simclrv2.train import rundir
+
+    rundir.release(out)
+    return out / "last"
+
+
+@pytest.mark.parametrize("damage", ["negative running_var", "huge weights"])
+def test_evaluate_of_a_checkpoint_with_nan_features_is_one_line(pretrained, tmp_path, capsys, damage):
+    """Finite weights whose features are NaN (kept after a divergence): was scikit-learn's ValueError
+    ('Input X contains NaN') as a traceback."""
+    from simclrv2 import checkpoint
+    from simclrv2.models.networks import build_network
+
+    tensors, meta = checkpoint.load(pretrained)
+    net = build_network(meta["arch"])
+    checkpoint.load_weights(net, tensors)
+    with torch.no_grad():
+        for name, t in net.state_dict().items():
+            if damage == "negative running_var" and name.endswith("running_var"):
+                t.fill_(-1.0)
+            elif damage == "huge weights" and name.endswith("weight") and t.dim() == 4:
+                t.mul_(1e30)
+    meta = {k: v for k, v in meta.items() if k not in ("format", "save_id", "parts")}
+    stem = checkpoint.save(tmp_path / "bad" / "last", net, meta)
+    capsys.readouterr()
+    line = one_error_line(capsys, main(["evaluate", "--checkpoint", str(stem), "--device", "cpu"]), "evaluate")
+    assert "NaN" in line and str(stem) in line, line
+
+
+def test_evaluate_of_a_classifier_with_nan_outputs_is_one_line(classifier, tmp_path, capsys):
+    """Its accuracy was computed from NaN logits (the argmax of NaN), silently."""
+    from simclrv2 import checkpoint
+    from simclrv2.models.networks import build_network
+
+    tensors, meta = checkpoint.load(classifier)
+    net = build_network(meta["arch"])
+    checkpoint.load_weights(net, tensors)
+    with torch.no_grad():
+        for name, t in net.state_dict().items():
+            if name.endswith("running_var"):
+                t.fill_(-1.0)
+    meta = {k: v for k, v in meta.items() if k not in ("format", "save_id", "parts")}
+    stem = checkpoint.save(tmp_path / "bad" / "best", net, meta)
+    capsys.readouterr()
+    line = one_error_line(capsys, main(["evaluate", "--checkpoint", str(stem), "--device", "cpu"]), "evaluate")
+    assert "NaN" in line and str(stem) in line, line

@@ -20,6 +20,7 @@ from simclrv2 import checkpoint
 from simclrv2.config import Config, DataConfig, from_dict
 from simclrv2.data import datasets
 from simclrv2.data.errors import DataError
+from simclrv2.errors import NonFiniteError
 from simclrv2.train import summary
 
 SPLITS = ("auto", "val", "train", "all")
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
     from simclrv2.eval.linear import describe, linear_probe
     from simclrv2.models.networks import build_network
     from simclrv2.train.summary import count_params
-    from simclrv2.core.metrics import evaluate_classifier, topk_accuracy
+    from simclrv2.core.metrics import topk_accuracy
     from simclrv2.core.batched import infer
     from simclrv2.core.runtime import resolve_device
     from simclrv2.core.runtime import configure_threads
@@ -105,7 +106,9 @@ def run(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
         images = images.subset(keep)
         summary.show("evaluate", cfg, splits, meta["arch"], count_params(net), device, 1, args.out or None,
                      checkpoint=args.checkpoint, scored=_scored(split, other, len(keep), results))
-        results["classifier"] = evaluate_classifier(net.to(device), images.images, labels[keep], device, cfg.amp)
+        logits = infer(net.to(device).eval(), images.images, device, amp=cfg.amp)
+        check_finite(args.checkpoint, "outputs", logits)
+        results["classifier"] = topk_accuracy(logits, labels[keep])
     else:
         if split == "all":
             raise DataError("kNN and linear evaluation need the training split as labeled bank: use --split val")
@@ -119,6 +122,7 @@ def run(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
         encoder = net.encoder.to(device).eval()
         train_feats = infer(encoder.forward_features, splits.train.images, device, amp=cfg.amp)
         val_feats = infer(encoder.forward_features, queries.images, device, amp=cfg.amp)
+        check_finite(args.checkpoint, "features", train_feats, val_feats)
         scores = knn_predict(train_feats, splits.train.labels, val_feats, len(splits.classes), k,
                              cfg.pretrain.knn_temperature)
         results["knn"] = topk_accuracy(scores, queries.labels)
@@ -135,6 +139,17 @@ def run(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         checkpoint.write_json(out / "evaluation.json", results)
     return results
+
+
+def check_finite(ckpt: str, what: str, *features: Tensor) -> None:
+    """Refuse a checkpoint whose finite weights give NaN or infinite ``what`` (features, outputs): kept
+    after a divergence, BatchNorm running variances below zero, weights so large that activations overflow."""
+    bad = sum(int((~torch.isfinite(f)).any(dim=1).sum()) for f in features)
+    if bad:
+        total = sum(len(f) for f in features)
+        raise NonFiniteError(f"the network of {ckpt} gives NaN or infinite {what} for {bad} of {total} images "
+                             f"(its weights are finite, but e.g. BatchNorm running variances are negative or "
+                             f"weights overflow: training diverged); evaluate an earlier checkpoint")
 
 
 def _scored(split: str, other: bool, count: int, results: dict[str, Any]) -> str:
