@@ -316,3 +316,27 @@ def test_evaluate_of_a_classifier_with_nan_outputs_is_one_line(classifier, tmp_p
     capsys.readouterr()
     line = one_error_line(capsys, main(["evaluate", "--checkpoint", str(stem), "--device", "cpu"]), "evaluate")
     assert "NaN" in line and str(stem) in line, line
+
+
+# -- 7. config values with no upper bound ------------------------------------------------------------
+
+@pytest.mark.parametrize("override,message", [
+    ("image_size=1000000000", "data.image_size=1000000000 is too large"),
+    ("threads=100000000000", "threads=100000000000 is more than"),
+    ("workers=100000000000", "workers=100000000000 is more than"),
+    ("width=1e9", "model.width=1e+09 is too large"),
+    ("proj_dim=1000000000", "model.proj_dim=1000000000 is too large"),
+    ("head_layers=100000", "model.head_layers=100000 is too large"),
+    ("max_pixels=100000000000000", "data.max_pixels=100000000000000 is more than"),
+    ("memory_gb=1e12", "data.memory_gb=1e+12 is more than"),
+    ("epochs=100000000000", "pretrain.epochs=100000000000 is too large"),
+    ("batch_size=100000000000", "pretrain.batch_size=100000000000 is too large"),
+    ("memory_size=100000000000", "pretrain.memory_size=100000000000 is too large"),
+])
+def test_config_values_beyond_what_the_machine_allows_are_one_line(tmp_path, capsys, override, message):
+    """image_size=1000000000 was a storage-overflow traceback, threads=100000000000 an overflow traceback."""
+    out = tmp_path / "run"
+    argv = ["pretrain", "--out", str(out), *[a for a in TINY if a.split("=")[0] != override.split("=")[0]], override]
+    line = one_error_line(capsys, main(argv), "pretrain")
+    assert message in line, line
+    assert not out.exists()
