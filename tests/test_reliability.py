@@ -340,3 +340,75 @@ def test_config_values_beyond_what_the_machine_allows_are_one_line(tmp_path, cap
     line = one_error_line(capsys, main(argv), "pretrain")
     assert message in line, line
     assert not out.exists()
+
+
+# -- 2. small photo folders through every stage -----------------------------------------------------
+
+def oversized_png(path: Path, side: int = 100_000) -> None:
+    """A PNG whose header claims ``side`` x ``side`` pixels (a decompression bomb's header), no pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
+
+
+def small_folder(root: Path, per_class: int, classes=("a", "b"), bad: bool = False) -> Path:
+    from conftest import write_image_folder
+
+    write_image_folder(root, classes=classes, per_class=per_class, size=12)
+    if bad:  # an unreadable file and a decompression bomb's header in each class, skipped (data.strict=false)
+        for c in classes:
+            (root / c / "zz_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+            oversized_png(root / c / "zz_bomb.png")
+    return root
+
+
+def stage_ok_or_one_line(capsys, argv) -> int:
+    """Run one command; it succeeds, or refuses in one line without a traceback. Its exit code."""
+    capsys.readouterr()
+    code = main(argv)
+    if code != 0:
+        one_error_line(capsys, code, argv[0])
+    return code
+
+
+@pytest.mark.parametrize("per_class,bad", [(1, False), (2, False), (3, False), (4, True), (5, False), (10, False)])
+def test_every_stage_on_a_small_folder_works_or_refuses_in_one_line(tmp_path, capsys, per_class, bad):
+    """4 photos per class (bad files or not) died after the first epoch in the kNN monitor
+    (torch.cat(): expected a non-empty list): the validation split rounds to no image per class."""
+    from simclrv2.train import rundir
+
+    data = small_folder(tmp_path / "data", per_class, bad=bad)
+    tiny = ["--data", str(data), *TINY]
+    runs = {name: tmp_path / name for name in ("pre", "fine", "dist", "sup", "pipe")}
+    assert stage_ok_or_one_line(capsys, ["pretrain", "--out", str(runs["pre"]), *tiny, "knn_every=1"]) == 0
+    assert stage_ok_or_one_line(capsys, ["finetune", "--pretrained", str(runs["pre"] / "last"),
+                                         "--out", str(runs["fine"]), *tiny]) == 0
+    assert stage_ok_or_one_line(capsys, ["distill", "--teacher", str(runs["fine"] / "best"),
+                                         "--out", str(runs["dist"]), *tiny]) == 0
+    assert stage_ok_or_one_line(capsys, ["supervised", "--out", str(runs["sup"]), *tiny]) == 0
+    for ckpt in (runs["pre"] / "last", runs["sup"] / "best"):
+        code = stage_ok_or_one_line(capsys, ["evaluate", "--checkpoint", str(ckpt), "--data", str(data),
+                                             "--device", "cpu"])
+        assert code == (0 if per_class >= 10 else 2)  # no validation split below 5 per class
+        assert stage_ok_or_one_line(capsys, ["evaluate", "--checkpoint", str(ckpt), "--data", str(data),
+                                             "--device", "cpu", "--split", "train"]) == 0
+    stage_ok_or_one_line(capsys, ["pipeline", "--out", str(runs["pipe"]), "--data", str(data), "--labels", "0.5",
+                                  *TINY[:4], *[f"{s}.epochs=1" for s in ("pretrain", "finetune", "distill",
+                                                                           "supervised")]])
+    for out in runs.values():
+        rundir.release(out)
+
+
+def test_one_class(tmp_path, capsys):
+    data = small_folder(tmp_path / "data", 5, classes=("only",))
+    tiny = ["--data", str(data), *TINY]
+    assert stage_ok_or_one_line(capsys, ["pretrain", "--out", str(tmp_path / "pre"), *tiny, "knn_every=1"]) == 0
+    for argv in (["supervised", "--out", str(tmp_path / "sup"), *tiny],
+                 ["finetune", "--pretrained", str(tmp_path / "pre" / "last"), "--out", str(tmp_path / "fine"), *tiny],
+                 ["evaluate", "--checkpoint", str(tmp_path / "pre" / "last"), "--device", "cpu"]):
+        stage_ok_or_one_line(capsys, argv)

@@ -56,8 +56,9 @@ def select(splits: datasets.Splits, split: str) -> datasets.ImageSet:
     if split == "train" or (split == "all" and splits.val is None):
         return splits.train
     if split == "val":
-        if splits.val is None:
-            raise DataError("the data has no validation split")
+        if splits.val is None or not len(splits.val):
+            raise DataError("the data has no validation split (with a few images per class, data.val_fraction "
+                            "rounds to none): use --split train or all, or a larger data.val_fraction")
         return splits.val
     train, val = splits.train, splits.val
     images = train.images.concat(val.images) if hasattr(train.images, "concat") else \

@@ -80,6 +80,9 @@ def train_classifier(model: nn.Module, net: nn.Module, labeled: datasets.ImageSe
     images = BatchFeed(labeled.images, device, cfg.data.on_device, cfg.workers, cfg.data.decode)
     labels = labeled.labels.to(device)
     n = len(labeled)
+    if n < 2:  # BatchNorm needs two images in a batch
+        raise datasets.DataError(f"{stage_name} needs at least 2 labeled images, the labeled subset has {n} "
+                                 f"({labeled_how(cfg)}): label more images (labels=, labels_per_class=)")
     batch = rt.global_batch(section.batch_size, n)
     stepper = make_stepper(model, section, steps_per_epoch(n, batch, drop_last=False), batch, device)
     views = ViewMaker.for_finetuning(cfg, device, seed=rt.rank_seed(2))
@@ -96,7 +99,7 @@ def train_classifier(model: nn.Module, net: nn.Module, labeled: datasets.ImageSe
         return F.cross_entropy(logits.float(), labels[idx.to(labels.device)])
 
     def evaluate(epoch: int) -> dict[str, float]:
-        if val is None:
+        if val is None or not len(val):
             return {}
         metrics = evaluate_classifier(net, val.images, val.labels, device, cfg.amp)
         return {f"val_{k}": v for k, v in metrics.items()}

@@ -76,13 +76,15 @@ def run(cfg: Config, out_dir: str | Path, teacher_path: str | Path, splits: data
         init_from_pretrained(net, teacher_meta)
     model = rt.wrap(net, cfg.compile)
     n = len(images)
+    if n < 2:  # BatchNorm needs two images in a batch
+        raise datasets.DataError(f"distillation needs at least 2 images, the data has {n}")
     batch = rt.global_batch(d.batch_size, n)
     stepper = make_stepper(model, d, steps_per_epoch(n, batch, drop_last=True), batch, device)
     views = ViewMaker.for_finetuning(cfg, device, seed=rt.rank_seed(3))
     meta = {"stage": "distill", "kind": "classifier", "config": cfg.to_dict(), "classes": teacher_meta["classes"],
             "arch": arch, "image_size": cfg.data.image_size, "teacher": str(teacher_path),
             "params": count_params(net)}
-    if splits.val is not None:
+    if splits.val is not None and len(splits.val):
         meta["teacher_val"] = evaluate_classifier(teacher, splits.val.images, splits.val.labels, device, cfg.amp)
     summary.show("distill", cfg, splits, arch, count_params(net), device, rt.world.size, out, d, batch, stepper.peak_lr,
                  steps_per_epoch(n, batch, True), is_main=rt.world.is_main, enabled=show_progress,
@@ -100,7 +102,7 @@ def run(cfg: Config, out_dir: str | Path, teacher_path: str | Path, splits: data
         return distill_loss(student_logits, teacher_logits, d.temperature, d.alpha, labels[idx.to(labels.device)])
 
     def evaluate(epoch: int) -> dict[str, float]:
-        if splits.val is None:
+        if splits.val is None or not len(splits.val):
             return {}
         metrics = evaluate_classifier(net, splits.val.images, splits.val.labels, device, cfg.amp)
         return {f"val_{k}": v for k, v in metrics.items()}

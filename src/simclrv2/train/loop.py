@@ -233,7 +233,8 @@ def fit(stage: Stage, loss_of: Callable[[Tensor], Tensor], evaluate: Callable[[i
                 print(f"{stage.name} " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                  for k, v in record.items()), flush=True)
             score = record.get("val_top1", float("-inf"))
-            improved = score > best
+            # a classifier without a validation split (a few images per class): its latest is its best
+            improved = score > best or (stage.meta.get("kind") == "classifier" and "val_top1" not in record)
             best = max(best, score)
             if stage.is_main:
                 meta = {**stage.meta, "epoch": epoch + 1, "metrics": record}

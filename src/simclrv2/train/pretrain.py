@@ -31,7 +31,7 @@ from simclrv2.train.rundir import open_run
 def knn_accuracy(model: SimCLRModel, splits: datasets.Splits, device: torch.device, k: int, temperature: float,
                  amp: bool = True) -> dict[str, float] | None:
     """kNN top-1/top-5 (%) of the encoder's features: training split as the bank, validation as queries."""
-    if splits.val is None or not splits.classes or (splits.train.labels < 0).all():
+    if splits.val is None or not len(splits.val) or not splits.classes or (splits.train.labels < 0).all():
         return None
     was_training = model.training
     model.eval()
