@@ -412,3 +412,28 @@ def test_one_class(tmp_path, capsys):
                  ["finetune", "--pretrained", str(tmp_path / "pre" / "last"), "--out", str(tmp_path / "fine"), *tiny],
                  ["evaluate", "--checkpoint", str(tmp_path / "pre" / "last"), "--device", "cpu"]):
         stage_ok_or_one_line(capsys, argv)
+
+
+# -- found by tests/test_fuzz.py -----------------------------------------------------------------------
+
+def test_a_png_with_too_little_image_data_is_unreadable_not_a_crash(tmp_path):
+    """Found by the fuzzer: a PNG whose chunks are whole but whose IDAT holds fewer rows than its header
+    says crashed the process in torchvision's decoder (libpng 'Not enough image data', then SIGSEGV).
+    Run in a fresh process, so that a crash is a failure and not the end of the test session."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path = tmp_path / "short.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 300, 300, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+    code = ("import sys\nfrom simclrv2.data.files import UnreadableImage, decode_file\n"
+            "try:\n    decode_file(sys.argv[1])\nexcept UnreadableImage as e:\n    print('unreadable:', e)\n")
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "OMP_NUM_THREADS": "1",
+           "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 0 and "unreadable: " in done.stdout and "truncated" in done.stdout, \
+        (done.returncode, done.stderr[-500:])

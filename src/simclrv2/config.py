@@ -289,6 +289,11 @@ def _check_bounds(cfg: "Config") -> None:
         _check(value is None or value <= MAX_HEAD_DIM, f"model.{key}={value} is too large (at most {MAX_HEAD_DIM:,})")
     _check(m.head_layers <= MAX_HEAD_LAYERS, f"model.head_layers={m.head_layers} is too large "
                                             f"(at most {MAX_HEAD_LAYERS})")
+    params = model_params(m)
+    if 8 * params > memory:  # weights and their gradients, float32: a lower bound of training
+        raise ConfigError(f"the network (model.{m.model} x{m.width:g}, head {m.head_layers} x "
+                          f"{m.head_dim or 'features'} -> {m.proj_dim}) would have about {params / 1e9:,.1f}G "
+                          f"parameters, more than this machine's {memory / 2**30:,.0f} GiB can train")
     # the smallest training step (2 images, 2 views, float32): its input and the stem's output, at
     # least a quarter of the positions, 64 x width channels. A lower bound: what it refuses cannot run.
     size = cfg.data.image_size
@@ -306,6 +311,20 @@ def _check_bounds(cfg: "Config") -> None:
     for name, value in _flat_numbers(cfg):
         if isinstance(value, int) and name != "seed":
             _check(value <= INT_MAX, f"{name}={value} is too large (at most {INT_MAX:,})")
+
+
+# parameters at width 1 and feature width of each encoder (torchvision's ResNets, without the classifier)
+_ENCODERS = {"resnet18": (11.2e6, 512), "resnet34": (21.3e6, 512), "resnet50": (23.5e6, 2048),
+             "resnet101": (42.5e6, 2048), "resnet152": (58.1e6, 2048)}
+
+
+def model_params(m: "ModelConfig") -> float:
+    """About how many parameters ``m`` has (the encoder scales with width squared, plus the head)."""
+    base, features = _ENCODERS.get(m.model, max(_ENCODERS.values()))
+    features = features * m.width
+    hidden = m.head_dim or features
+    return base * m.width ** 2 * (1 + m.sk_ratio * 4) + features * hidden + \
+        max(0, m.head_layers - 1) * hidden * hidden + hidden * m.proj_dim
 
 
 def _flat_numbers(cfg: Any, prefix: str = "") -> list[tuple[str, Any]]:

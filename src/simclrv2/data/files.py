@@ -135,8 +135,9 @@ def decode_file(path: str | Path, cap: int | None = None, max_pixels: int = MAX_
     """One file as RGB uint8 ``[3, H, W]``, short side at most ``cap`` (None: as stored).
 
     Raises :class:`UnreadableImage` naming the file and the reason. PIL reads the header (size,
-    mode, EXIF) first; torchvision decodes JPEGs and PNGs without transparency (faster, and 16-bit
-    PNGs at full depth), PIL everything else.
+    mode, EXIF) first; torchvision decodes JPEGs without transparency (faster) and 16-bit RGB PNGs
+    (at full depth, once PIL has read them whole: torchvision's libpng crashes the process on a PNG
+    with too little image data), PIL everything else.
     """
     path = str(path)
     try:
@@ -149,7 +150,10 @@ def decode_file(path: str | Path, cap: int | None = None, max_pixels: int = MAX_
                                           f"{max_pixels:,} (data.max_pixels)")
                 alpha = im.mode in ("RGBA", "LA", "PA", "P") or "transparency" in im.info
                 image = None
-                if im.format in ("JPEG", "PNG") and not alpha:
+                if im.format == "JPEG" and not alpha:
+                    image = _decode_torchvision(path)
+                elif im.format == "PNG" and not alpha and _sixteen_bit_rgb(im):
+                    im.load()  # PIL checks the rows first: torchvision's libpng crashes on too little image data
                     image = _decode_torchvision(path)
                 if image is None:
                     image = _from_pil(im)
@@ -160,6 +164,11 @@ def decode_file(path: str | Path, cap: int | None = None, max_pixels: int = MAX_
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise UnreadableImage(f"{path}: cannot decode ({type(e).__name__}: {str(e)[:120]})") from None
     return image if cap is None else fit_short_side(image, cap)
+
+
+def _sixteen_bit_rgb(im) -> bool:
+    """A 16-bit RGB PNG, which PIL reads at 8 bits (torchvision at full depth)."""
+    return bool(im.tile) and str(getattr(im.tile[0], "args", im.tile[0][-1])).startswith("RGB;16")
 
 
 def _decode_torchvision(path: str) -> Tensor | None:
