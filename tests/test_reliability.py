@@ -114,12 +114,15 @@ def test_16_bit_png_decodes_as_its_8_bit_twin(tmp_path, form, colour):
     assert np.array_equal(decoded.permute(1, 2, 0).numpy(), twin)
 
 
-def test_16_bit_png_of_other_values_rounds_to_nearest(tmp_path):
+@pytest.mark.parametrize("colour", [True, False], ids=["rgb", "grey"])
+def test_16_bit_png_of_other_values_rounds_to_nearest(tmp_path, colour):
     from simclrv2.data.files import decode_file
 
     wide = np.arange(0, 65536, 97, dtype=np.uint16)[:600].reshape(20, 30)
-    decoded = decode_file(write_png16(tmp_path / "wide.png", wide))[0].numpy()
-    assert np.array_equal(decoded, np.round(wide / 257).astype(np.uint8))
+    wide = np.stack([wide, wide[::-1], wide[:, ::-1]], -1) if colour else wide
+    decoded = decode_file(write_png16(tmp_path / "wide.png", wide)).permute(1, 2, 0).numpy()
+    expected = np.round(wide / 257).astype(np.uint8)
+    assert np.array_equal(decoded, expected if colour else np.stack([expected] * 3, -1))
 
 
 # -- 5. a full disk during a save --------------------------------------------------------------------
