@@ -335,6 +335,9 @@ def test_evaluate_of_a_classifier_with_nan_outputs_is_one_line(classifier, tmp_p
     ("epochs=100000000000", "pretrain.epochs=100000000000 is too large"),
     ("batch_size=100000000000", "pretrain.batch_size=100000000000 is too large"),
     ("memory_size=100000000000", "pretrain.memory_size=100000000000 is too large"),
+    # found by tests/test_fuzz.py: 'value cannot be converted to type float without overflow' in the optimizer
+    ("weight_decay=3.4028234663852882e+38", "pretrain.weight_decay must be <= 1"),
+    ("lr=1e300", "pretrain.lr=1e+300 is too large"),
 ])
 def test_config_values_beyond_what_the_machine_allows_are_one_line(tmp_path, capsys, override, message):
     """image_size=1000000000 was a storage-overflow traceback, threads=100000000000 an overflow traceback."""

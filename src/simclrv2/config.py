@@ -234,6 +234,8 @@ class Config:
                                       f"contrastive loss need two images per batch")
             _check(s.lr > 0 and math.isfinite(s.lr), f"{name}.lr must be > 0 (got {s.lr})")
             _check(s.weight_decay >= 0, f"{name}.weight_decay must be >= 0")
+            _check(s.weight_decay <= 1, f"{name}.weight_decay must be <= 1 (got {s.weight_decay:g}): a step "
+                                        f"would remove more than the weights")
             _check(s.warmup_epochs >= 0, f"{name}.warmup_epochs must be >= 0")
             _check(s.lr_scaling in ("sqrt", "linear", "none"), f"{name}.lr_scaling must be sqrt, linear or none")
             _check(s.optimizer in ("lars", "sgd", "adamw"), f"{name}.optimizer must be lars, sgd or adamw")
@@ -259,6 +261,7 @@ class Config:
 # Upper bounds: what the method can use and what this machine can hold, so that an absurd value is
 # one line here rather than an overflow or an allocation failure deep in torch.
 INT_MAX = 2**31 - 1  # torch's and the C libraries' int
+MAX_FLOAT = 1e30  # float32 reaches 3.4e38; learning rates are multiplied by up to sqrt(INT_MAX) or INT_MAX / 256
 MAX_WIDTH, MAX_HEAD_DIM, MAX_HEAD_LAYERS = 64.0, 65_536, 64  # SimCLRv2's largest: 3x, 8192-wide heads, 3 layers
 MAX_PIXELS = 178_956_970  # data.files.MAX_PIXELS, PIL's decompression-bomb limit
 
@@ -311,6 +314,8 @@ def _check_bounds(cfg: "Config") -> None:
     for name, value in _flat_numbers(cfg):
         if isinstance(value, int) and name != "seed":
             _check(value <= INT_MAX, f"{name}={value} is too large (at most {INT_MAX:,})")
+        elif isinstance(value, float):  # torch computes in float32 (at most 3.4e38), scaled by batch sizes
+            _check(abs(value) <= MAX_FLOAT, f"{name}={value:g} is too large (at most {MAX_FLOAT:g})")
 
 
 # parameters at width 1 and feature width of each encoder (torchvision's ResNets, without the classifier)
