@@ -92,6 +92,7 @@ def atomic_write(path: Path, write) -> None:
         write(tmp)
         _follow_umask(tmp)
         _fsync(tmp)
+        kill_point(f"write:{path.name}")
         os.replace(tmp, path)
         _fsync(path.parent)
     finally:
@@ -132,18 +133,23 @@ def save(stem: str | Path, model: nn.Module, meta: dict[str, Any], train_state: 
     name = stem.name
     new = stem.parent / f".{name}.{save_id}"
     new.mkdir()
-    kill_point(f"{name}:begin")
-    if train_state is not None:
-        torch.save({**train_state, "save_id": save_id}, new / STATE)
-        kill_point(f"{name}:state")
-    save_file(tensors, str(new / WEIGHTS), metadata={"simclrv2": json.dumps(meta, default=str)})
-    kill_point(f"{name}:weights")
-    (new / META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
-    kill_point(f"{name}:meta")
-    for part in parts:
-        _follow_umask(new / part)
-        _fsync(new / part)
-    _fsync(new)
+    try:
+        kill_point(f"{name}:begin")
+        if train_state is not None:
+            _write_part(new / STATE, lambda p: _torch_save({**train_state, "save_id": save_id}, p))
+            kill_point(f"{name}:state")
+        _write_part(new / WEIGHTS, lambda p: save_file(tensors, str(p),
+                                                       metadata={"simclrv2": json.dumps(meta, default=str)}))
+        kill_point(f"{name}:weights")
+        (new / META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        kill_point(f"{name}:meta")
+        for part in parts:
+            _follow_umask(new / part)
+            _fsync(new / part)
+        _fsync(new)
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)  # an unfinished save (a full disk): the previous one stays
+        raise
     kill_point(f"{name}:publish")
     link = stem.parent / f".{name}.{save_id}.link"
     os.symlink(new.name, link)
@@ -155,6 +161,28 @@ def save(stem: str | Path, model: nn.Module, meta: dict[str, Any], train_state: 
     clean(stem)
     kill_point(f"{name}:done")
     return stem
+
+
+def _torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` into a file we opened: a full disk is then an ``OSError`` (ENOSPC), where
+    ``torch.save(path)`` reports it as a RuntimeError ('unexpected pos')."""
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def _write_part(path: Path, write) -> None:
+    """``write(path)``, its failures as errors naming the file: an ``OSError`` with the path (one line
+    with a hint, see ``simclrv2.cli``), a writer's own error (torch, safetensors) as an OutputError."""
+    try:
+        write(path)
+    except OSError as e:
+        if e.filename:
+            raise
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+    except (RuntimeError, SafetensorError) as e:
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise OutputError(f"cannot write {path}: {reason}; is the disk full? free some space or choose "
+                          f"another --out") from None
 
 
 def clean(stem: Path) -> None:

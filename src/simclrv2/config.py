@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import re
 import types
 import typing
@@ -257,6 +258,8 @@ class Config:
                                       f"contrastive loss need two images per batch")
             _check(s.lr > 0 and math.isfinite(s.lr), f"{name}.lr must be > 0 (got {s.lr})")
             _check(s.weight_decay >= 0, f"{name}.weight_decay must be >= 0")
+            _check(s.weight_decay <= 1, f"{name}.weight_decay must be <= 1 (got {s.weight_decay:g}): a step "
+                                        f"would remove more than the weights")
             _check(s.warmup_epochs >= 0, f"{name}.warmup_epochs must be >= 0")
             _check(s.warmup_fraction is None or 0 <= s.warmup_fraction <= 1,
                    f"{name}.warmup_fraction must be in [0, 1] or none (got {s.warmup_fraction})")
@@ -277,7 +280,97 @@ class Config:
         _check(0 <= self.distill.alpha <= 1, "distill.alpha must be in [0, 1]")
         _check(self.distill.init in ("scratch", "pretrained"), "distill.init must be scratch or pretrained")
         _check(0 <= self.aug.flip <= 1, "aug.flip must be in [0, 1]")
+        _check_bounds(self)
         return self
+
+
+# Upper bounds: what the method can use and what this machine can hold, so that an absurd value is
+# one line here rather than an overflow or an allocation failure deep in torch.
+INT_MAX = 2**31 - 1  # torch's and the C libraries' int
+MAX_FLOAT = 1e30  # float32 reaches 3.4e38; learning rates are multiplied by up to sqrt(INT_MAX) or INT_MAX / 256
+MAX_WIDTH, MAX_HEAD_DIM, MAX_HEAD_LAYERS = 64.0, 65_536, 64  # SimCLRv2's largest: 3x, 8192-wide heads, 3 layers
+MAX_PIXELS = 178_956_970  # data.files.MAX_PIXELS, PIL's decompression-bomb limit
+
+
+def machine() -> tuple[int, int]:
+    """``(logical CPUs this process may use, bytes of the machine's memory)``."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        memory = 8 * 2**30
+    return max(1, cpus), memory
+
+
+def _check_bounds(cfg: "Config") -> None:
+    """Refuse values beyond what the method or this machine allows (see the constants above)."""
+    cpus, memory = machine()
+    most = max(64, 4 * cpus)
+    _check(cfg.threads <= most, f"threads={cfg.threads} is more than {most} ({cpus} CPUs here; 0 picks them)")
+    _check(cfg.workers <= most, f"workers={cfg.workers} is more than {most} ({cpus} CPUs here)")
+    m = cfg.model
+    _check(m.width <= MAX_WIDTH, f"model.width={m.width:g} is too large (at most {MAX_WIDTH:g})")
+    for key in ("proj_dim", "head_dim"):
+        value = getattr(m, key)
+        _check(value is None or value <= MAX_HEAD_DIM, f"model.{key}={value} is too large (at most {MAX_HEAD_DIM:,})")
+    _check(m.head_layers <= MAX_HEAD_LAYERS, f"model.head_layers={m.head_layers} is too large "
+                                            f"(at most {MAX_HEAD_LAYERS})")
+    params = model_params(m)
+    if 8 * params > memory:  # weights and their gradients, float32: a lower bound of training
+        raise ConfigError(f"the network (model.{m.model} x{m.width:g}, head {m.head_layers} x "
+                          f"{m.head_dim or 'features'} -> {m.proj_dim}) would have about {params / 1e9:,.1f}G "
+                          f"parameters, more than this machine's {memory / 2**30:,.0f} GiB can train")
+    # the smallest training step (2 images, 2 views, float32): its input and the stem's output, at
+    # least a quarter of the positions, 64 x width channels. A lower bound: what it refuses cannot run.
+    size = cfg.data.image_size
+    step = 4 * 4 * size * size * (3 + 16 * max(m.width, 0.0))
+    if step > memory:
+        largest = int(math.sqrt(memory / (16 * (3 + 16 * max(m.width, 0.0)))))
+        raise ConfigError(f"data.image_size={size} is too large: one training step would need "
+                          f"{step / 2**30:,.0f} GiB, this machine has {memory / 2**30:,.0f} GiB "
+                          f"(at most about {largest:,} px at width {m.width:g})")
+    pixels = max(MAX_PIXELS, memory // 4)
+    _check(cfg.data.max_pixels <= pixels, f"data.max_pixels={cfg.data.max_pixels} is more than {pixels:,}: such an "
+                                          f"image (4 bytes a pixel) would not fit in this machine's memory")
+    _check(cfg.data.memory_gb <= memory / 2**30, f"data.memory_gb={cfg.data.memory_gb:g} is more than this "
+                                                 f"machine's {memory / 2**30:,.1f} GiB (0: half of it)")
+    for name, value in _flat_numbers(cfg):
+        if isinstance(value, int) and name != "seed":
+            _check(value <= INT_MAX, f"{name}={value} is too large (at most {INT_MAX:,})")
+        elif isinstance(value, float):  # torch computes in float32 (at most 3.4e38), scaled by batch sizes
+            _check(abs(value) <= MAX_FLOAT, f"{name}={value:g} is too large (at most {MAX_FLOAT:g})")
+
+
+# parameters at width 1 and feature width of each encoder (torchvision's ResNets, without the classifier)
+_ENCODERS = {"resnet18": (11.2e6, 512), "resnet34": (21.3e6, 512), "resnet50": (23.5e6, 2048),
+             "resnet101": (42.5e6, 2048), "resnet152": (58.1e6, 2048)}
+
+
+def model_params(m: "ModelConfig") -> float:
+    """About how many parameters ``m`` has (the encoder scales with width squared, plus the head)."""
+    base, features = _ENCODERS.get(m.model, max(_ENCODERS.values()))
+    features = features * m.width
+    hidden = m.head_dim or features
+    return base * m.width ** 2 * (1 + m.sk_ratio * 4) + features * hidden + \
+        max(0, m.head_layers - 1) * hidden * hidden + hidden * m.proj_dim
+
+
+def _flat_numbers(cfg: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """``(section.key, value)`` of every int and float in the config (lists and mappings too)."""
+    out: list[tuple[str, Any]] = []
+    for f in dataclasses.fields(cfg):
+        value, name = getattr(cfg, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            out += _flat_numbers(value, f"{name}.")
+            continue
+        values = list(value.items()) if isinstance(value, dict) else [(None, v) for v in value] \
+            if isinstance(value, list) else [(None, value)]
+        for k, v in values:
+            out += [(name, x) for x in (k, v) if isinstance(x, (int, float)) and not isinstance(x, bool)]
+    return out
 
 
 def _check(ok: bool, message: str) -> None:

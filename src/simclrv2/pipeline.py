@@ -30,9 +30,12 @@ STAGE_ORDER = ("supervised", "knn", "linear", "finetune", "distill")
 
 def frozen_eval(cfg: Config, pretrained: Path, splits: datasets.Splits, labeled_names: Path
                 ) -> list[dict[str, Any]]:
-    """kNN and linear evaluation of the frozen pretrained encoder, using only the labeled subset."""
+    """kNN and linear evaluation of the frozen pretrained encoder, using only the labeled subset (no rows
+    when the data has no validation split to score on)."""
     from simclrv2.data import subsets
 
+    if splits.val is None or not len(splits.val):
+        return []
     start = time.time()
     tensors, meta = checkpoint.load(pretrained)
     net = build_network(meta["arch"])
@@ -129,7 +132,8 @@ def run(cfg: Config, out_dir: str | Path, show_progress: bool = True, overwrite:
     world = distributed.init(cfg.device)
     splits = datasets.load(cfg.data, cfg.workers)
     if splits.val is None or not splits.classes:
-        raise datasets.DataError("the pipeline needs labeled data with a validation split")
+        raise datasets.DataError("the pipeline needs labeled data with a validation split (with a few images per "
+                                 "class, data.val_fraction rounds to none: raise it, or add a val/ folder)")
     out.mkdir(parents=True, exist_ok=True)  # only once the data is known to be usable
     steps = plan(cfg, splits)
     summary.show("pipeline", cfg, splits, cfg.model, count_params(build_pretrain_model(cfg.model)),

@@ -13,6 +13,8 @@ def knn_predict(train_features: Tensor, train_labels: Tensor, query_features: Te
     """Class scores ``[Q, C]``: the k nearest training features (cosine) vote with weight exp(sim / t)."""
     bank = F.normalize(train_features.float(), dim=1)
     k = min(k, bank.shape[0])
+    if k == 0 or query_features.shape[0] == 0:  # no bank to vote, or nothing to classify
+        return torch.zeros(query_features.shape[0], num_classes, device=query_features.device)
     scores = []
     for start in range(0, query_features.shape[0], chunk):
         q = F.normalize(query_features[start:start + chunk].float(), dim=1)

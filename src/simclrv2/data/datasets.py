@@ -25,8 +25,8 @@ from torch import Tensor
 
 from simclrv2.config import DataConfig
 from simclrv2.data.errors import DataError
-from simclrv2.data.files import (FileImages, UnreadableImage, cap_size, capped_shape, decode_file, eval_crop,
-                                 fit_short_side, fit_square, image_size_of)
+from simclrv2.data.files import (MAX_PIXELS, FileImages, UnreadableImage, cap_size, capped_shape, decode_file,
+                                 eval_crop, fit_short_side, fit_square, image_size_of)
 from simclrv2.data.ragged import RaggedImages
 
 log = logging.getLogger(__name__)
@@ -109,12 +109,13 @@ def _hwc_to_tensor(array: np.ndarray) -> Tensor:
 
 def _split_by_class(labels: np.ndarray, val_fraction: float, order: np.ndarray | None = None
                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic per-class hold-out: the last ``val_fraction`` of each class (in ``order``)."""
+    """Deterministic per-class hold-out: the last ``val_fraction`` of each class (in ``order``), rounded,
+    and never a class's last training image (a class of one image keeps it for training)."""
     order = np.arange(len(labels)) if order is None else order
     train, val = [], []
     for c in np.unique(labels):
         members = order[labels[order] == c]
-        n_val = int(round(len(members) * val_fraction))
+        n_val = min(int(round(len(members) * val_fraction)), len(members) - 1)
         train.extend(members[: len(members) - n_val])
         val.extend(members[len(members) - n_val:])
     return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(val, dtype=np.int64))
@@ -134,7 +135,7 @@ def _digits(cfg: DataConfig) -> Splits:
     names = [f"digit_{i:04d}" for i in range(len(labels))]
     classes = [str(c) for c in range(10)]
     full = ImageSet(images, torch.from_numpy(labels), names, classes)
-    return Splits(full.subset(train_idx.tolist()), full.subset(val_idx.tolist()))
+    return Splits(full.subset(train_idx.tolist()), full.subset(val_idx.tolist()) if len(val_idx) else None)
 
 
 def _require_path(cfg: DataConfig) -> Path:
@@ -215,7 +216,8 @@ def _folder(cfg: DataConfig, workers: int) -> Splits:
         return Splits(empty, None, train)
     order = np.argsort(np.array(train.names), kind="stable")
     train_idx, val_idx = _split_by_class(train.labels.numpy(), cfg.val_fraction, order)
-    return Splits(train.subset(train_idx.tolist()), train.subset(val_idx.tolist()))
+    # a few images per class can leave the hold-out empty: no validation split then (no monitor)
+    return Splits(train.subset(train_idx.tolist()), train.subset(val_idx.tolist()) if len(val_idx) else None)
 
 
 def _read_tree(root: Path, cfg: DataConfig, workers: int, classes: list[str] | None = None) -> ImageSet:
@@ -318,8 +320,6 @@ def decode_images(files: list[Path | Tensor], size: int, workers: int = 4, crop:
     images. An item may also be an image decoded already (uint8 ``[3, H, W]``, as :func:`decode_file`
     returns it), which is kept as if it had been read from a file.
     """
-    from simclrv2.data.files import MAX_PIXELS
-
     cap = cap or cap_size(size)
     decoded: list[Tensor | None] = [None] * len(files)
     errors: list[str | None] = [None] * len(files)

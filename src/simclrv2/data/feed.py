@@ -15,8 +15,10 @@ import os
 from collections.abc import Iterator
 
 import torch
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_jpeg
 
 from simclrv2.data.files import JPEG_EXTENSIONS, FileImages, UnreadableImage, fit_short_side, fit_square
 from simclrv2.data.gpu_augment import _uniform_batch, to_float
@@ -58,8 +60,6 @@ class _Reader(Dataset):
 
 def _plain_jpeg(path: str, max_pixels: int) -> bool:
     """An RGB or greyscale JPEG under the pixel limit (what nvJPEG decodes as the workers would)."""
-    from PIL import Image
-
     try:
         with Image.open(path) as im:
             return im.format == "JPEG" and im.mode in ("RGB", "L") and im.size[0] * im.size[1] <= max_pixels
@@ -148,8 +148,6 @@ class BatchFeed:
         return images
 
     def _decode_on_device(self, index: Tensor, jpegs: list[bytes | None], images: RaggedImages) -> RaggedImages:
-        from torchvision.io import ImageReadMode, decode_jpeg
-
         rows = [k for k, j in enumerate(jpegs) if j is not None]
         data = [torch.frombuffer(bytearray(jpegs[k]), dtype=torch.uint8) for k in rows]
         try:

@@ -5,7 +5,8 @@ Every path (decoded once, streamed, evaluation, ``predict``, ``embed``) decodes 
 :func:`decode_file`, so they all see the same pixels:
 
 * any mode becomes RGB: greyscale is repeated, CMYK converted, 16-bit samples scaled to 8 bits
-  (``round(v / 257)``, not truncated), transparent pixels (RGBA, LA, palette with a transparent
+  (``round(v / 257)``, not truncated; an image whose samples all have a zero low byte is 8-bit data
+  shifted up, ``v << 8``, and keeps its high byte), transparent pixels (RGBA, LA, palette with a transparent
   index) composited on white;
 * the EXIF orientation is applied (the image as a photo viewer shows it);
 * an image over ``max_pixels`` is refused before it is decoded (a decompression bomb);
@@ -31,7 +32,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, ImageOps
 from torch import Tensor
+# Imported here, never inside the decoders: threads that import a module at once can see it half
+# initialised (an ImportError in one of them).
+from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.transforms.v2 import functional as TF
 
 from simclrv2.data.errors import DataError
 from simclrv2.data.gpu_augment import to_float
@@ -42,6 +48,7 @@ JPEG_EXTENSIONS = (".jpg", ".jpeg")
 MAX_PIXELS = 178_956_970  # PIL's decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS)
 CROPS = ("full", "square")
 _warned: set[str] = set()  # unreadable files already reported by this process
+Image.init()  # PIL imports its format plugins now, in one thread, not lazily on the decoding threads
 
 
 class UnreadableImage(DataError):
@@ -64,8 +71,6 @@ def capped_shape(height: int, width: int, cap: int) -> tuple[int, int]:
 
 def fit_short_side(image: Tensor, cap: int) -> Tensor:
     """uint8 ``[3, H, W]`` downscaled (antialiased bilinear) so its short side is at most ``cap``."""
-    from torchvision.transforms.v2 import functional as TF
-
     shape = capped_shape(*image.shape[-2:], cap)
     return image if shape == tuple(image.shape[-2:]) else TF.resize(image, list(shape), antialias=True).contiguous()
 
@@ -73,8 +78,6 @@ def fit_short_side(image: Tensor, cap: int) -> Tensor:
 def fit_square(image: Tensor, size: int) -> Tensor:
     """Resize uint8 ``[3, H, W]`` so its short side is ``size`` (antialiased bilinear), then centre-crop:
     the kept copy of the ``data.crop=square`` path (training crops cut from this square only)."""
-    from torchvision.transforms.v2 import functional as TF
-
     h, w = image.shape[-2:]
     if (h, w) != (size, size):
         scale = size / min(h, w)
@@ -95,13 +98,11 @@ def eval_crop(image: Tensor, size: int) -> Tensor:
 
 def _from_pil(im) -> Tensor:
     """A PIL image of any mode as RGB uint8 ``[3, H, W]`` (see the module docstring)."""
-    from PIL import Image, ImageOps
-
     im = ImageOps.exif_transpose(im)
     if im.mode.startswith("I;16") or im.mode in ("I", "F"):  # 16-bit (or 32-bit) greyscale
         a = np.asarray(im).astype(np.float64)
         if im.mode.startswith("I;16") or a.max() > 255:
-            a = a / 257.0
+            a = a / (256.0 if _shifted(a) else 257.0)
         grey = torch.from_numpy(np.clip(np.round(a), 0, 255).astype(np.uint8))
         return grey.expand(3, -1, -1).contiguous()
     if im.mode == "P" and "transparency" in im.info:
@@ -111,22 +112,29 @@ def _from_pil(im) -> Tensor:
     return torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
+def _shifted(samples: np.ndarray | Tensor) -> bool:
+    """Whether 16-bit samples are 8-bit values written as ``v << 8`` (every low byte zero): their high
+    byte is the value, where ``round(v / 257)`` would make half of them (``v > 128``) one lower."""
+    return not bool((samples % 256).any())
+
+
 def _to_uint8(image: Tensor) -> Tensor:
-    """16-bit samples scaled to 8 bits (``round(v / 257)``: 65535 -> 255), not truncated."""
+    """16-bit samples scaled to 8 bits (``round(v / 257)``: 65535 -> 255, ``v * 257 -> v``), not
+    truncated; ``v << 8`` samples (:func:`_shifted`) keep their high byte."""
     if image.dtype == torch.uint8:
         return image
-    return image.to(torch.float32).div_(257.0).round_().clamp_(0, 255).to(torch.uint8)
+    wide = image.to(torch.float32)
+    return wide.div_(256.0 if _shifted(wide) else 257.0).round_().clamp_(0, 255).to(torch.uint8)
 
 
 def decode_file(path: str | Path, cap: int | None = None, max_pixels: int = MAX_PIXELS) -> Tensor:
     """One file as RGB uint8 ``[3, H, W]``, short side at most ``cap`` (None: as stored).
 
     Raises :class:`UnreadableImage` naming the file and the reason. PIL reads the header (size,
-    mode, EXIF) first; torchvision decodes JPEGs and PNGs without transparency (faster, and 16-bit
-    PNGs at full depth), PIL everything else.
+    mode, EXIF) first; torchvision decodes JPEGs without transparency (faster) and 16-bit RGB PNGs
+    (at full depth, once PIL has read them whole: torchvision's libpng crashes the process on a PNG
+    with too little image data), PIL everything else.
     """
-    from PIL import Image
-
     path = str(path)
     try:
         with warnings.catch_warnings():
@@ -138,7 +146,10 @@ def decode_file(path: str | Path, cap: int | None = None, max_pixels: int = MAX_
                                           f"{max_pixels:,} (data.max_pixels)")
                 alpha = im.mode in ("RGBA", "LA", "PA", "P") or "transparency" in im.info
                 image = None
-                if im.format in ("JPEG", "PNG") and not alpha:
+                if im.format == "JPEG" and not alpha:
+                    image = _decode_torchvision(path)
+                elif im.format == "PNG" and not alpha and _sixteen_bit_rgb(im):
+                    im.load()  # PIL checks the rows first: torchvision's libpng crashes on too little image data
                     image = _decode_torchvision(path)
                 if image is None:
                     image = _from_pil(im)
@@ -151,9 +162,12 @@ def decode_file(path: str | Path, cap: int | None = None, max_pixels: int = MAX_
     return image if cap is None else fit_short_side(image, cap)
 
 
-def _decode_torchvision(path: str) -> Tensor | None:
-    from torchvision.io import ImageReadMode, decode_image, read_file
+def _sixteen_bit_rgb(im) -> bool:
+    """A 16-bit RGB PNG, which PIL reads at 8 bits (torchvision at full depth)."""
+    return bool(im.tile) and str(getattr(im.tile[0], "args", im.tile[0][-1])).startswith("RGB;16")
 
+
+def _decode_torchvision(path: str) -> Tensor | None:
     try:
         return _to_uint8(decode_image(read_file(path), mode=ImageReadMode.RGB, apply_exif_orientation=True))
     except (RuntimeError, ValueError, OSError):
@@ -162,8 +176,6 @@ def _decode_torchvision(path: str) -> Tensor | None:
 
 def image_size_of(path: str | Path) -> tuple[int, int] | None:
     """``(height, width)`` from the file's header (EXIF rotation applied), None if unreadable."""
-    from PIL import Image
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

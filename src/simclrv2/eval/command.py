@@ -20,6 +20,7 @@ from simclrv2 import checkpoint
 from simclrv2.config import Config, DataConfig, from_dict
 from simclrv2.data import datasets
 from simclrv2.data.errors import DataError
+from simclrv2.errors import NonFiniteError
 from simclrv2.train import summary
 
 SPLITS = ("auto", "val", "train", "all")
@@ -60,10 +61,11 @@ def select(splits: datasets.Splits, split: str) -> list[datasets.ImageSet]:
     if split == "train" or (split == "all" and splits.val is None):
         return [splits.train]
     if split == "val":
-        if splits.val is None:
-            raise DataError("the data has no validation split")
+        if splits.val is None or not len(splits.val):
+            raise DataError("the data has no validation split (with a few images per class, data.val_fraction "
+                            "rounds to none): use --split train or all, or a larger data.val_fraction")
         return [splits.val]
-    return [splits.train, splits.val]
+    return [splits.train, splits.val] if len(splits.val) else [splits.train]
 
 
 def run(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
@@ -110,6 +112,7 @@ def run(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
         net = net.to(device).eval()
         logits = torch.cat([infer(net, part.subset(k).images, device, amp=cfg.amp)
                             for part, k in zip(parts, keep) if len(k)])
+        check_finite(args.checkpoint, "outputs", logits)
         kept_labels = torch.cat([y[k] for y, k in zip(labels, keep)])
         warn_if_degenerate(logits, kept_labels, "evaluate")
         results["classifier"] = topk_accuracy(logits, kept_labels)
@@ -126,6 +129,7 @@ def run(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
         encoder = net.encoder.to(device).eval()
         train_feats = infer(encoder.forward_features, splits.train.images, device, amp=cfg.amp)
         val_feats = infer(encoder.forward_features, queries.images, device, amp=cfg.amp)
+        check_finite(args.checkpoint, "features", train_feats, val_feats)
         scores = knn_predict(train_feats, splits.train.labels, val_feats, len(splits.classes), k,
                              cfg.pretrain.knn_temperature)
         results["knn"] = topk_accuracy(scores, queries.labels)
@@ -144,6 +148,17 @@ def run(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         checkpoint.write_json(out / "evaluation.json", results)
     return results
+
+
+def check_finite(ckpt: str, what: str, *features: Tensor) -> None:
+    """Refuse a checkpoint whose finite weights give NaN or infinite ``what`` (features, outputs): kept
+    after a divergence, BatchNorm running variances below zero, weights so large that activations overflow."""
+    bad = sum(int((~torch.isfinite(f)).any(dim=1).sum()) for f in features)
+    if bad:
+        total = sum(len(f) for f in features)
+        raise NonFiniteError(f"the network of {ckpt} gives NaN or infinite {what} for {bad} of {total} images "
+                             f"(its weights are finite, but e.g. BatchNorm running variances are negative or "
+                             f"weights overflow: training diverged); evaluate an earlier checkpoint")
 
 
 def _scored(split: str, other: bool, count: int, results: dict[str, Any]) -> str:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from simclrv2.config import Config, EvalConfig
+from simclrv2.errors import NonFiniteError
 
 PROTOCOLS = ("fast", "paper")
 
@@ -38,6 +39,8 @@ def linear_eval(train_features: Tensor, train_labels: Tensor, val_features: Tens
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
+    if not (torch.isfinite(train_features).all() and torch.isfinite(val_features).all()):
+        raise NonFiniteError("linear evaluation: the features hold NaN or infinite values (the encoder diverged)")
     scaler = StandardScaler().fit(train_features.numpy())
     clf = LogisticRegression(max_iter=max_iter, C=C)
     with warnings.catch_warnings():

@@ -4,6 +4,12 @@ The exported network is the classifier in eval mode: input ``images`` float32 ``
 [0, 1] (no mean/std normalisation), any batch size; output ``logits`` float32 ``[B, num_classes]``.
 ``FILE.json`` records the preprocessing and the class names so the file can be used on its own.
 
+An export is one unit although it is two files: each export has an id, carried inside the model
+(ONNX ``metadata_props``, TorchScript extra file, key ``simclrv2``: the sidecar's JSON) and recorded in
+``FILE.json``. :func:`check_export` refuses a model whose sidecar is missing or of another export
+(a process killed between the two renames). Temporary files that a killed export left beside
+``FILE`` are removed by the next export to it.
+
 ONNX uses the TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``), which needs only
 the ``onnx`` package; the dynamo exporter would also need ``onnxscript``. Every export is checked
 before it is published: the file is loaded back (onnxruntime, ``torch.jit.load``) and must give the
@@ -12,7 +18,11 @@ PyTorch network's logits on a batch of another size; otherwise no file is left a
 
 from __future__ import annotations
 
+import json
+import re
+import secrets
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +35,15 @@ from simclrv2.inference import InferenceError
 from simclrv2.data.gpu_augment import eval_crop_proportion
 from simclrv2.train.classifier import load_classifier
 
-__all__ = ["FORMATS", "ONNX_OPSET", "export_checkpoint", "to_onnx", "to_torchscript", "sidecar"]
+__all__ = ["FORMATS", "ONNX_OPSET", "export_checkpoint", "to_onnx", "to_torchscript", "sidecar", "check_export",
+           "carried_sidecar"]
 
 FORMATS = ("onnx", "torchscript")
 ONNX_OPSET = 17
 NEEDS_EXPORT_EXTRA = ("--format onnx needs the export extra (onnx to write the file, onnxruntime to check it; "
                       "{missing} is not installed): pip install 'simclrv2[export]', or pip install -e '.[export]' "
                       "in a clone; --format torchscript needs nothing more")
+KEY = "simclrv2"  # the model's own copy of its sidecar (with the export id)
 
 
 def sidecar(meta: dict[str, Any], fmt: str, source: str | Path) -> dict[str, Any]:
@@ -82,10 +94,12 @@ def opset_range() -> tuple[int, int]:
         return 7, 20
 
 
-def to_onnx(net: nn.Module, example: torch.Tensor, out: Path, opset: int = ONNX_OPSET) -> None:
-    """ONNX with a dynamic batch axis, via the TorchScript-based exporter."""
+def to_onnx(net: nn.Module, example: torch.Tensor, out: Path, opset: int = ONNX_OPSET,
+            carried: str | None = None) -> None:
+    """ONNX with a dynamic batch axis, via the TorchScript-based exporter; ``carried`` (the sidecar's
+    JSON) goes into the model's ``metadata_props`` under ``simclrv2``."""
     try:
-        import onnx  # noqa: F401 - the exporter serialises with it
+        import onnx
     except ImportError:
         raise InferenceError(NEEDS_EXPORT_EXTRA.format(missing="onnx")) from None
     low, high = opset_range()
@@ -99,16 +113,21 @@ def to_onnx(net: nn.Module, example: torch.Tensor, out: Path, opset: int = ONNX_
         torch.onnx.export(net, (example,), str(out), dynamo=False, opset_version=opset,
                           input_names=["images"], output_names=["logits"],
                           dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+    if carried is not None:
+        model = onnx.load(str(out))
+        model.metadata_props.add(key=KEY, value=carried)
+        onnx.save(model, str(out))
 
 
-def to_torchscript(net: nn.Module, example: torch.Tensor, out: Path) -> None:
-    """A traced TorchScript module (the network has no data-dependent control flow)."""
+def to_torchscript(net: nn.Module, example: torch.Tensor, out: Path, carried: str | None = None) -> None:
+    """A traced TorchScript module (the network has no data-dependent control flow); ``carried`` (the
+    sidecar's JSON) is stored as its extra file ``simclrv2``."""
     with warnings.catch_warnings():
         _quiet_tracing()
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in recent torch, still works
         with torch.no_grad():
             traced = torch.jit.trace(net, example)
-        torch.jit.save(traced, str(out))
+        torch.jit.save(traced, str(out), _extra_files={KEY: carried} if carried is not None else {})
 
 
 def verify(fmt: str, path: Path, net: nn.Module, size: int) -> None:
@@ -150,11 +169,76 @@ def export_checkpoint(ckpt: str | Path, fmt: str, out: str | Path, opset: int = 
     size = int(meta["image_size"])
     example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     out = Path(out)
-    def write(tmp: Path) -> None:
-        to_onnx(net, example, tmp, opset) if fmt == "onnx" else to_torchscript(net, example, tmp)
-        verify(fmt, tmp, net, size)
-
-    checkpoint.atomic_write(out, write)
+    checkpoint.check_output(out)
     info = out.with_name(out.name + ".json")
-    checkpoint.write_json(info, sidecar(meta, fmt, ckpt))
+    checkpoint.check_output(info)
+    record = {**sidecar(meta, fmt, ckpt), "export_id": secrets.token_hex(8)}
+    carried = json.dumps(record)
+
+    def write(tmp: Path) -> None:
+        to_onnx(net, example, tmp, opset, carried) if fmt == "onnx" else to_torchscript(net, example, tmp, carried)
+        verify(fmt, tmp, net, size)
+        if (carried_sidecar(tmp, fmt) or {}).get("export_id") != record["export_id"]:
+            raise InferenceError(f"the exported {fmt} file does not carry its export id; nothing was written")
+
+    remove_leftovers(out)
+    checkpoint.atomic_write(out, write)
+    checkpoint.kill_point("export:model")  # a kill here leaves a model the old sidecar does not match
+    checkpoint.write_json(info, record)
     return out, info
+
+
+def remove_leftovers(out: Path) -> None:
+    """Remove the temporary files (``.NAME.<hex>.tmp``, ``.NAME.json.<hex>.tmp``) that exports to ``out``
+    killed before their rename left beside it."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}(\.json)?\.[0-9a-f]{{8}}\.tmp")
+    if out.parent.is_dir():
+        for p in out.parent.iterdir():
+            if pattern.fullmatch(p.name) and p.is_file() and not p.is_symlink():
+                p.unlink(missing_ok=True)
+
+
+def carried_sidecar(path: str | Path, fmt: str) -> dict[str, Any] | None:
+    """The sidecar an exported file carries inside (None when it carries none: an older export)."""
+    path = Path(path)
+    try:
+        if fmt == "torchscript":
+            with zipfile.ZipFile(path) as z:
+                names = [n for n in z.namelist() if n.split("/", 1)[-1] == f"extra/{KEY}"]
+                text = z.read(names[0]).decode() if names else None
+        else:
+            import onnx
+
+            model = onnx.load(str(path), load_external_data=False)
+            text = next((p.value for p in model.metadata_props if p.key == KEY), None)
+        return None if text is None else json.loads(text)
+    except (OSError, ValueError, zipfile.BadZipFile, KeyError, ImportError) as e:
+        raise InferenceError(f"cannot read {path} as an exported {fmt} file ({type(e).__name__}: {e})") from None
+    except Exception as e:  # noqa: BLE001 - onnx's DecodeError and the like: the file is not a model
+        raise InferenceError(f"cannot read {path} as an exported {fmt} file ({type(e).__name__})") from None
+
+
+def check_export(path: str | Path) -> dict[str, Any]:
+    """The sidecar of exported file ``path``, checked to describe this very file (same export id):
+    what a consumer calls before trusting ``FILE.json``."""
+    path = Path(path)
+    info = path.with_name(path.name + ".json")
+    if not path.is_file():
+        raise InferenceError(f"exported file not found: {path}")
+    if not info.is_file():
+        raise InferenceError(f"{path} has no sidecar {info.name} (an export that did not finish); export it again")
+    try:
+        record = json.loads(info.read_text())
+        fmt = record["format"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InferenceError(f"cannot read {info} ({type(e).__name__}: {e}); export again") from None
+    if fmt not in FORMATS:
+        raise InferenceError(f"{info} names an unknown format {fmt!r}; export again")
+    carried = carried_sidecar(path, fmt)
+    if carried is None:
+        raise InferenceError(f"{path} carries no export id (an export of an older version); export it again")
+    if carried.get("export_id") != record.get("export_id"):
+        raise InferenceError(f"{info.name} describes another export than {path.name} (export "
+                             f"{record.get('export_id')} vs {carried.get('export_id')}, an export that did not "
+                             f"finish); export again")
+    return record

@@ -74,11 +74,15 @@ def train_classifier(model: nn.Module, net: nn.Module, labeled: datasets.ImageSe
                      before_fit: Callable[[], None] | None = None,
                      splits: datasets.Splits | None = None) -> dict[str, Any]:
     """Cross-entropy training of ``model`` (``net`` unwrapped) on ``labeled``; best/last checkpoints.
-    ``before_fit`` runs once everything is set up and checked, just before the first step."""
+    ``before_fit`` runs once everything is set up and checked (the checkpoint to resume included),
+    just before the first step."""
     device = rt.device
     images = BatchFeed(labeled.images, device, cfg.data.on_device, cfg.workers, cfg.data.decode)
     labels = labeled.labels.to(device)
     n = len(labeled)
+    if n < 2:  # BatchNorm needs two images in a batch
+        raise datasets.DataError(f"{stage_name} needs at least 2 labeled images, the labeled subset has {n} "
+                                 f"({labeled_how(cfg)}): label more images (labels=, labels_per_class=)")
     batch = rt.global_batch(section.batch_size, n)
     stepper = make_stepper(model, section, steps_per_epoch(n, batch, drop_last=False), batch, device)
     views = ViewMaker.for_finetuning(cfg, device, seed=rt.rank_seed(2))
@@ -95,15 +99,13 @@ def train_classifier(model: nn.Module, net: nn.Module, labeled: datasets.ImageSe
         return F.cross_entropy(logits.float(), labels[idx.to(labels.device)])
 
     def evaluate(epoch: int) -> dict[str, float]:
-        if val is None:
+        if val is None or not len(val):
             return {}
         metrics = evaluate_classifier(net, val.images, val.labels, device, cfg.amp,
                                       warn_as=stage_name if epoch == section.epochs and rt.world.is_main else None)
         return {f"val_{k}": v for k, v in metrics.items()}
 
-    if before_fit is not None:
-        before_fit()
-    result = fit(stage, loss_of, evaluate, resume=resume, show_progress=show_progress)
+    result = fit(stage, loss_of, evaluate, resume=resume, show_progress=show_progress, commit=before_fit)
     return {**result, "checkpoint": str(out / "best"), "params": count_params(net)}
 
 

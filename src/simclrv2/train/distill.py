@@ -74,13 +74,15 @@ def run(cfg: Config, out_dir: str | Path, teacher_path: str | Path, splits: data
     net = build_student(arch, d.init, teacher_meta)
     model = rt.wrap(net, cfg.compile)
     n = len(images)
+    if n < 2:  # BatchNorm needs two images in a batch
+        raise datasets.DataError(f"distillation needs at least 2 images, the data has {n}")
     batch = rt.global_batch(d.batch_size, n)
     stepper = make_stepper(model, d, steps_per_epoch(n, batch, drop_last=True), batch, device)
     views = ViewMaker.for_finetuning(cfg, device, seed=rt.rank_seed(3))
     meta = {"stage": "distill", "kind": "classifier", "config": cfg.to_dict(), "classes": teacher_meta["classes"],
             "arch": arch, "image_size": cfg.data.image_size, "teacher": str(teacher_path),
             "params": count_params(net)}
-    if splits.val is not None:
+    if splits.val is not None and len(splits.val):
         meta["teacher_val"] = evaluate_classifier(teacher, splits.val.images, splits.val.labels, device, cfg.amp)
     summary.show("distill", cfg, splits, arch, count_params(net), device, rt.world.size, out, d, batch, stepper.peak_lr,
                  steps_per_epoch(n, batch, True), is_main=rt.world.is_main, enabled=show_progress,
@@ -98,16 +100,18 @@ def run(cfg: Config, out_dir: str | Path, teacher_path: str | Path, splits: data
         return distill_loss(student_logits, teacher_logits, d.temperature, d.alpha, labels[idx.to(labels.device)])
 
     def evaluate(epoch: int) -> dict[str, float]:
-        if splits.val is None:
+        if splits.val is None or not len(splits.val):
             return {}
         metrics = evaluate_classifier(net, splits.val.images, splits.val.labels, device, cfg.amp,
                                       warn_as="distill" if epoch == d.epochs and rt.world.is_main else None)
         return {f"val_{k}": v for k, v in metrics.items()}
 
-    run_dir.commit()  # teacher, data and config are valid: only now is the directory created or replaced
-    if chosen is not None and rt.world.is_main:
-        subsets.save_list(splits.train.names, chosen, out / "labeled.txt")
-    result = fit(stage, loss_of, evaluate, resume=run_dir.resume, show_progress=show_progress)
+    def commit() -> None:  # teacher, data, config and checkpoint are valid: the directory is created or replaced
+        run_dir.commit()
+        if chosen is not None and rt.world.is_main:
+            subsets.save_list(splits.train.names, chosen, out / "labeled.txt")
+
+    result = fit(stage, loss_of, evaluate, resume=run_dir.resume, show_progress=show_progress, commit=commit)
     return {**result, "checkpoint": str(out / "best"), "params": count_params(net),
             "teacher_val": meta.get("teacher_val")}
 

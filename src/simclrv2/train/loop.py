@@ -123,8 +123,13 @@ def resume_from(stage: Stage) -> dict[str, Any] | None:
         for k, v in stage.stateful.items():
             v.load_state_dict(state["stateful"][k])
         torch.set_rng_state(state["torch_rng"])
-        int(state["epoch"]), int(state["batch_in_epoch"]), list(state["history"])  # what fit() reads next
-    except (KeyError, ValueError, RuntimeError, TypeError) as e:
+        stage.order.set_state(state["order_state"])
+        # what fit() reads next, checked here, before the run directory is committed
+        int(state["epoch"]), int(state["batch_in_epoch"]), float(state["best"])
+        float(state.get("loss_sum", 0.0)), float(state.get("seconds", 0.0))
+        if not isinstance(state["history"], list) or not all(isinstance(h, dict) for h in state["history"]):
+            raise TypeError("its history is not a list of records")
+    except (KeyError, ValueError, RuntimeError, TypeError, AttributeError) as e:
         raise checkpoint.CheckpointError(f"the training state of {stem} does not fit this run ({type(e).__name__}: "
                                          f"{e}); pass --overwrite to train again from the start") from None
     return state
@@ -156,12 +161,16 @@ def _check_finite(stage: Stage, epoch: int) -> None:
 
 def fit(stage: Stage, loss_of: Callable[[Tensor], Tensor], evaluate: Callable[[int], dict[str, float]] | None = None,
         resume: bool = False, show_progress: bool = True, after_step: Callable[[], None] | None = None,
-        ) -> dict[str, Any]:
-    """Train ``stage`` for its epochs; return history, best and final metrics, seconds."""
+        commit: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """Train ``stage`` for its epochs; return history, best and final metrics, seconds. ``commit``
+    (the run directory's) is called once the checkpoint to resume has been loaded and checked whole,
+    so that a refused one leaves the directory as it was."""
+    state = resume_from(stage) if resume else None
+    if commit is not None:
+        commit()
     log = RunLog(stage.out, stage.name, enabled=stage.is_main)
     history: list[dict[str, Any]] = []
     best, start_epoch, start_batch, carried_loss = float("-inf"), 0, 0, 0.0
-    state = resume_from(stage) if resume else None
     if state is not None:
         history, best = list(state["history"]), float(state["best"])
         start_epoch, start_batch = int(state["epoch"]), int(state["batch_in_epoch"])
@@ -227,7 +236,8 @@ def fit(stage: Stage, loss_of: Callable[[Tensor], Tensor], evaluate: Callable[[i
                 print(f"{stage.name} " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                  for k, v in record.items()), flush=True)
             score = record.get("val_top1", float("-inf"))
-            improved = score > best
+            # a classifier without a validation split (a few images per class): its latest is its best
+            improved = score > best or (stage.meta.get("kind") == "classifier" and "val_top1" not in record)
             best = max(best, score)
             if stage.is_main:
                 meta = {**stage.meta, "epoch": epoch + 1, "metrics": record}

@@ -32,7 +32,7 @@ def knn_accuracy(model: SimCLRModel, splits: datasets.Splits, device: torch.devi
                  amp: bool = True, warn_as: str | None = None) -> dict[str, float] | None:
     """kNN top-1/top-5 (%) of the encoder's features: training split as the bank, validation as queries.
     With ``warn_as``, scores that say nothing (collapsed features, chance) get a WARNING line."""
-    if splits.val is None or not splits.classes or (splits.train.labels < 0).all():
+    if splits.val is None or not len(splits.val) or not splits.classes or (splits.train.labels < 0).all():
         return None
     was_training = model.training
     model.eval()
@@ -115,7 +115,7 @@ def run(cfg: Config, out_dir: str | Path, splits: datasets.Splits | None = None,
                            warn_as="pretrain: kNN" if epoch == s.epochs and rt.world.is_main else None)
         return {f"knn_{k}": v for k, v in knn.items()} if knn else {}
 
-    run_dir.commit()  # the data and config are valid: only now is the directory created or replaced
+    # the data, config and checkpoint are valid: only then is the directory created or replaced
     result = fit(stage, loss_of, evaluate, resume=run_dir.resume, show_progress=show_progress,
-                 after_step=after_step)
+                 after_step=after_step, commit=run_dir.commit)
     return {**result, "checkpoint": str(out / "last"), "params": count_params(net)}
