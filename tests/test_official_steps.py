@@ -21,6 +21,7 @@ head reads ``stop_gradient`` features, so the rest of the step is unchanged.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -39,19 +40,23 @@ from simclrv2.data.datasets import ImageSet, Splits
 from simclrv2.official import tf_import
 from simclrv2.train import classifier, pretrain
 
-K = 6  # optimizer steps per case
+K = 5  # optimizer steps per case (float32 on both sides: further steps amplify rounding, ours alone vs float64
+#       reach 1e-5 at the sixth step of the pretraining case)
 N = 8  # images per batch = per epoch (one step per epoch)
 CLASSES = 4
 ARCHS = {  # official flags; image size > 32 gives the ImageNet stem
     "r18_cifar": dict(resnet_depth=18, sk_ratio=0.0, image_size=32),
-    "r50_sk1": dict(resnet_depth=50, sk_ratio=0.0625, image_size=40),
+    "r50_sk1": dict(resnet_depth=50, sk_ratio=0.0625, image_size=33),
 }
-PRETRAIN = dict(learning_rate=0.3, learning_rate_scaling="sqrt", warmup_epochs=3, weight_decay=1e-3,
+PRETRAIN = dict(learning_rate=0.01, learning_rate_scaling="sqrt", warmup_epochs=3, weight_decay=1e-3,
                 temperature=0.2, momentum=0.9)
-FINETUNE = dict(learning_rate=0.05, learning_rate_scaling="linear", warmup_epochs=1, weight_decay=1e-3,
+FINETUNE = dict(learning_rate=0.03, learning_rate_scaling="sqrt", warmup_epochs=1, weight_decay=0.1,
                 momentum=0.9)
+# global_bn=False: on one replica SyncBatchNormalization (global_bn=True) normalizes by the same statistics,
+# but computes the variance as E[x^2] - E[x]^2 in float32, which loses digits (its gradients differ from
+# float64 ones by 1e-4); Keras BatchNormalization (fused=False), like torch, takes the mean first.
 COMMON = dict(width_multiplier=1, train_batch_size=N, train_epochs=K, train_steps=0, optimizer="lars",
-              global_bn=True, batch_norm_decay=0.9, hidden_norm=True, proj_head_mode="nonlinear",
+              global_bn=False, batch_norm_decay=0.9, hidden_norm=True, proj_head_mode="nonlinear",
               num_proj_layers=3, proj_out_dim=16, use_blur=False, se_ratio=0.0, zero_init_logits_layer=True)
 
 
@@ -75,8 +80,10 @@ def flags(o):
 # ---- the official side -----------------------------------------------------------------------------
 
 def official_model(o, seed: int):
-    """``model.Model`` built, with random BN scales, shifts and moving statistics; the supervised head zero
-    (``zero_init_logits_layer``, as run.py does when fine-tuning starts)."""
+    """``model.Model`` built with its own initialisation (BN scale 1, or 0 for the last BN of each residual
+    branch; shift 0), random BN moving statistics; the supervised head zero (``zero_init_logits_layer``, as
+    run.py does when fine-tuning starts). (Random BN scales too make the float32 gradients of the encoder's
+    BN parameters ill-conditioned: they then differ from float64 ones by 1e-2 on either side.)"""
     tf = o.tf
     tf.random.set_seed(seed)
     model = o.model.Model(CLASSES)
@@ -87,9 +94,9 @@ def official_model(o, seed: int):
         shape, name = v.shape.as_list(), v.name
         if "head_supervised" in name:
             v.assign(np.zeros(shape, np.float32))
-        elif "gamma" in name or "moving_variance" in name:
+        elif "moving_variance" in name:
             v.assign(rng.uniform(0.5, 1.5, shape).astype(np.float32))
-        elif "beta" in name or "moving_mean" in name:
+        elif "moving_mean" in name:
             v.assign(rng.normal(0, 0.1, shape).astype(np.float32))
     return model
 
@@ -163,26 +170,44 @@ def our_config(meta: dict, section: str, flags: dict, **extra):
 
 
 def random_views(size: int, count: int, seed: int) -> list[np.ndarray]:
-    """``count`` batches of N RGB views in [0, 1], NHWC."""
+    """``count`` batches of N RGB views in [0, 1], NHWC: a colour and a linear ramp per image, plus noise.
+    (Views of pure noise have nearly equal pooled features; the head's BatchNorm then divides their tiny
+    differences by a tiny spread, and float32 gradients lose digits on either side.)"""
     rng = np.random.default_rng(seed)
-    return [rng.uniform(0, 1, (N, size, size, 3)).astype(np.float32) for _ in range(count)]
+    ramp = np.linspace(-1, 1, size)
+    out = []
+    for _ in range(count):
+        colour = rng.uniform(0.2, 0.8, (N, 1, 1, 3))
+        slope = rng.normal(0, 0.2, (N, 2, 1, 1, 3))
+        x = colour + slope[:, 0] * ramp[None, :, None, None] + slope[:, 1] * ramp[None, None, :, None]
+        out.append(np.clip(x + rng.normal(0, 0.05, (N, size, size, 3)), 0, 1).astype(np.float32))
+    return out
 
 
 def to_torch(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
 
 
-def assert_same_state(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> None:
-    """Every weight and BN statistic of ``theirs`` (the official network after K steps, imported) equals ours."""
+def assert_same_state(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor],
+                      ours64: dict[str, torch.Tensor] | None = None) -> None:
+    """Every weight and BN statistic of ``theirs`` (the official network after K steps, imported) equals ours
+    within 1e-4, or, given ``ours64`` (our run in float64), within 1e-4 plus three times our own float32 error.
+
+    The allowance is for the BN shifts and scales of the encoder: their gradients are small remainders of
+    sums that cancel (the BatchNorms downstream make a channel's gradients sum to zero over the batch), so
+    float32 rounding is large relative to them: ours in float32 and in float64 differ by up to 1e-3 there
+    after five pretraining steps (the official float32 run by as much), by < 1e-5 in every other tensor."""
     assert set(theirs) <= set(ours), sorted(set(theirs) - set(ours))[:5]
-    worst = {}
+    bad = {}
     for k, v in theirs.items():
         if "num_batches_tracked" in k:
             continue
-        worst[k] = (ours[k].double() - v.double()).abs().max().item()
-    bad = {k: e for k, e in worst.items() if e > 1e-4}
-    assert not bad, f"{len(bad)} of {len(worst)} tensors differ by more than 1e-4: " + \
-        ", ".join(f"{k} {e:.2e}" for k, e in sorted(bad.items(), key=lambda kv: -kv[1])[:6])
+        err = (ours[k].double() - v.double()).abs().max().item()
+        tol = 1e-4 if ours64 is None else 1e-4 + 3 * (ours[k].double() - ours64[k].double()).abs().max().item()
+        if err > tol:
+            bad[k] = (err, tol)
+    assert not bad, f"{len(bad)} of {len(theirs)} tensors differ by more than their tolerance: " + \
+        ", ".join(f"{k} {e:.2e} > {t:.2e}" for k, (e, t) in sorted(bad.items(), key=lambda kv: -kv[1][0])[:6])
 
 
 # ---- the cases --------------------------------------------------------------------------------------------
@@ -199,14 +224,15 @@ def test_pretraining_steps_equal_the_official(o, flags, arch, tmp_path):
     theirs = official_steps(o, model, [np.concatenate([a, b], -1) for a, b in zip(first, second)], None)
 
     cfg = our_config(meta, "pretrain", PRETRAIN, temperature=PRETRAIN["temperature"], memory_size=0, knn_every=0)
-    views = FixedViews([to_torch(v) for pair in zip(first, second) for v in pair])
-    result = pretrain.run(cfg, tmp_path / "ours", Splits(image_set(size), None), show_progress=False,
-                          net=net.train(), views=views)
-    ours = [r["loss"] for r in result["history"]]
-    np.testing.assert_allclose(ours, theirs, rtol=1e-5)
-    tensors, _ = checkpoint.load(tmp_path / "ours" / "last")
+    ours = {}
+    for dtype in (torch.float64, torch.float32):  # float64: our own rounding error, for the BN parameters
+        views = FixedViews([to_torch(v).to(dtype) for pair in zip(first, second) for v in pair])
+        result = pretrain.run(cfg, tmp_path / str(dtype), Splits(image_set(size), None), show_progress=False,
+                              net=copy.deepcopy(net).train().to(dtype), views=views)
+        ours[dtype] = checkpoint.load(tmp_path / str(dtype) / "last")[0]
+    np.testing.assert_allclose([r["loss"] for r in result["history"]], theirs, rtol=1e-5)
     after = imported(o, model, tmp_path).pretrain[0].state_dict()
-    assert_same_state(tensors, after)
+    assert_same_state(ours[torch.float32], after, ours[torch.float64])
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -235,3 +261,20 @@ def test_finetuning_steps_equal_the_official(o, flags, arch, tmp_path):
     tensors, _ = checkpoint.load(tmp_path / "ours" / "last")
     after = imported(o, model, tmp_path, head_input="nl_0").classifier[0].state_dict()
     assert_same_state(tensors, after)
+
+
+@pytest.mark.parametrize("n,batch,epochs,warmup,scaling", [
+    (50000, 512, 100, 10, "linear"), (1281167, 4096, 100, 10, "sqrt"), (1000, 96, 7, 1.5, "sqrt"), (100, 100, 3, 0, "linear")])
+def test_schedule_equals_warmup_and_cosine_decay(o, flags, n, batch, epochs, warmup, scaling):
+    """``lr_at`` over ``schedule_steps`` against ``model.WarmUpAndCosineDecay`` at every step (and past the end)."""
+    from simclrv2.optim import lr_at, scaled_lr, schedule_steps
+
+    flags(train_batch_size=batch, train_epochs=epochs, train_steps=0, warmup_epochs=warmup,
+          learning_rate_scaling=scaling)
+    schedule = o.model.WarmUpAndCosineDecay(0.3, n)
+    w, total = schedule_steps(n, batch, epochs, warmup)
+    steps = np.unique(np.r_[0:min(total, 300), np.linspace(0, total + 5, 200).astype(int), w - 1, w, total - 1, total])
+    steps = steps[steps >= 0]
+    theirs = [float(schedule(o.tf.constant(s, o.tf.float32))) for s in steps]
+    ours = [lr_at(int(s), scaled_lr(0.3, batch, scaling), w, total) for s in steps]
+    np.testing.assert_allclose(ours, theirs, rtol=2e-6, atol=1e-6 * scaled_lr(0.3, batch, scaling))  # TF: float32

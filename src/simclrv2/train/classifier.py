@@ -82,13 +82,15 @@ def train_classifier(model: nn.Module, net: nn.Module, labeled: datasets.ImageSe
     labels = labeled.labels.to(device)
     n = len(labeled)
     batch = rt.global_batch(section.batch_size, n)
-    stepper = make_stepper(model, section, steps_per_epoch(n, batch, drop_last=False), batch, device)
+    stepper = make_stepper(model, section, steps_per_epoch(n, batch, drop_last=False), batch, device,
+                           num_items=n)
     views = views or ViewMaker.for_finetuning(cfg, device, seed=rt.rank_seed(2))
     summary.show(stage_name, cfg, splits, meta["arch"], count_params(net), device, rt.world.size, out, section, batch,
                  stepper.peak_lr, steps_per_epoch(n, batch, False), is_main=rt.world.is_main, enabled=show_progress,
                  labeled=f"{n:,} images ({labeled_how(cfg)})", start=meta.get("pretrained", "random initialisation"))
+    generators = {"augment": views.generator} if isinstance(views, ViewMaker) else {}
     stage = Stage(stage_name, out, net, stepper, meta, n, batch, section.epochs, drop_last=False, order=rt.order,
-                  generators={"augment": views.generator} if isinstance(views, ViewMaker) else {}, is_main=rt.world.is_main,
+                  generators=generators, is_main=rt.world.is_main,
                   shard=distributed.shard(rt.world), feeds=[images])
 
     def loss_of(idx: Tensor) -> Tensor:

@@ -77,7 +77,7 @@ def run(cfg: Config, out_dir: str | Path, splits: datasets.Splits | None = None,
 
     net = build_pretrain_model(cfg.model) if net is None else net.to(rt.device)
     model = rt.wrap(net, cfg.compile)
-    stepper = make_stepper(model, s, steps_per_epoch(n, batch, True), batch, rt.device)
+    stepper = make_stepper(model, s, steps_per_epoch(n, batch, True), batch, rt.device, num_items=n)
     views = views or ViewMaker.for_pretraining(cfg, rt.device, seed=rt.rank_seed(1))
     stateful: dict[str, Any] = {}
     memory_size = capped_size(s.memory_size, n, batch) if s.memory_size > 0 else 0
