@@ -12,7 +12,9 @@ Our side is the stage code the CLI runs (``pretrain.run``, ``classifier.run_fine
 LARS, the schedule, NT-Xent and the models, with the augmentation replaced by the same fixed views
 the official side gets. Per-step losses agree within 1e-5 (relative) and every weight and BN moving
 statistic within 1e-4 after K steps, for a CIFAR-stem ResNet-18 and an ImageNet-stem R50 SK1
-(selective kernels, ResNet-D shortcuts).
+(selective kernels, ResNet-D shortcuts). Both sides compute in float32; in pretraining, where rounding
+grows fastest, our stage also runs in float64, and the tolerances add three times our own float32
+error (and 1e-3 for BN scales and shifts, see ``assert_same_state``).
 
 Pretraining is compared with ``lineareval_while_pretraining=False``: our pretraining has no supervised
 head (the linear head is trained afterwards, by ``evaluate``/fine-tuning); with it, the official
@@ -191,19 +193,23 @@ def to_torch(x: np.ndarray) -> torch.Tensor:
 def assert_same_state(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor],
                       ours64: dict[str, torch.Tensor] | None = None) -> None:
     """Every weight and BN statistic of ``theirs`` (the official network after K steps, imported) equals ours
-    within 1e-4, or, given ``ours64`` (our run in float64), within 1e-4 plus three times our own float32 error.
+    within 1e-4; given ``ours64`` (our run in float64), within 1e-4 plus three times our own float32 error, and
+    the BN scales and shifts (1-D parameters) within 1e-3 plus that.
 
-    The allowance is for the BN shifts and scales of the encoder: their gradients are small remainders of
-    sums that cancel (the BatchNorms downstream make a channel's gradients sum to zero over the batch), so
-    float32 rounding is large relative to them: ours in float32 and in float64 differ by up to 1e-3 there
-    after five pretraining steps (the official float32 run by as much), by < 1e-5 in every other tensor."""
+    The BN parameters are what float32 rounding moves most (both sides): they step by their raw gradients
+    (no trust ratio), which are small remainders of sums that cancel (the BatchNorms downstream make a
+    channel's gradients sum to zero over the batch). After five pretraining steps ours in float32 and in
+    float64 differ by up to 1e-3 there, by < 1e-5 in every other tensor."""
     assert set(theirs) <= set(ours), sorted(set(theirs) - set(ours))[:5]
     bad = {}
     for k, v in theirs.items():
         if "num_batches_tracked" in k:
             continue
         err = (ours[k].double() - v.double()).abs().max().item()
-        tol = 1e-4 if ours64 is None else 1e-4 + 3 * (ours[k].double() - ours64[k].double()).abs().max().item()
+        tol = 1e-4
+        if ours64 is not None:
+            tol = (1e-3 if v.ndim == 1 and "running" not in k else 1e-4) + \
+                3 * (ours[k].double() - ours64[k].double()).abs().max().item()
         if err > tol:
             bad[k] = (err, tol)
     assert not bad, f"{len(bad)} of {len(theirs)} tensors differ by more than their tolerance: " + \
@@ -224,13 +230,17 @@ def test_pretraining_steps_equal_the_official(o, flags, arch, tmp_path):
     theirs = official_steps(o, model, [np.concatenate([a, b], -1) for a, b in zip(first, second)], None)
 
     cfg = our_config(meta, "pretrain", PRETRAIN, temperature=PRETRAIN["temperature"], memory_size=0, knn_every=0)
-    ours = {}
-    for dtype in (torch.float64, torch.float32):  # float64: our own rounding error, for the BN parameters
+    ours, losses = {}, {}
+    for dtype in (torch.float64, torch.float32):  # float64: our own rounding error (see assert_same_state)
         views = FixedViews([to_torch(v).to(dtype) for pair in zip(first, second) for v in pair])
         result = pretrain.run(cfg, tmp_path / str(dtype), Splits(image_set(size), None), show_progress=False,
                               net=copy.deepcopy(net).train().to(dtype), views=views)
         ours[dtype] = checkpoint.load(tmp_path / str(dtype) / "last")[0]
-    np.testing.assert_allclose([r["loss"] for r in result["history"]], theirs, rtol=1e-5)
+        losses[dtype] = np.array([r["loss"] for r in result["history"]])
+    rounding = np.abs(losses[torch.float32] - losses[torch.float64])
+    # within 1e-5, plus three times our own float32 error: rounding grows with the steps (in the R50 case ours
+    # in float32 and in float64 differ by 1e-3 at the fifth step, and the official float32 loss is as close)
+    assert np.all(np.abs(losses[torch.float32] - theirs) <= 1e-5 * np.abs(theirs) + 3 * rounding), (theirs, losses)
     after = imported(o, model, tmp_path).pretrain[0].state_dict()
     assert_same_state(ours[torch.float32], after, ours[torch.float64])
 
