@@ -79,10 +79,10 @@ def test_scaled_lr():
 
 
 def test_lr_at_warmup_then_cosine():
-    peak, warm, total = 2.0, 10, 110
-    assert lr_at(0, peak, warm, total) == pytest.approx(0.2)
-    assert lr_at(4, peak, warm, total) == pytest.approx(1.0)
-    assert lr_at(9, peak, warm, total) == pytest.approx(peak)
+    peak, warm, total = 2.0, 10, 110  # the official rule: step / warmup x peak, so step 0 has rate 0
+    assert lr_at(0, peak, warm, total) == 0.0
+    assert lr_at(4, peak, warm, total) == pytest.approx(0.8)
+    assert lr_at(9, peak, warm, total) == pytest.approx(1.8)
     assert lr_at(10, peak, warm, total) == pytest.approx(peak)
     assert lr_at(60, peak, warm, total) == pytest.approx(peak / 2)
     assert lr_at(110, peak, warm, total) == pytest.approx(0.0, abs=1e-12)
@@ -96,6 +96,8 @@ def test_supervised_head_is_excluded_like_the_official_head_supervised():
     from simclrv2.models.networks import Classifier
 
     clf = Classifier(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)), nn.Identity(), 4, 2)
-    decay, no_decay = param_groups(clf, 1e-4)
+    decay, no_decay, head = param_groups(clf, 1e-4)
     assert {id(p) for p in decay["params"]} == {id(clf.encoder[0].weight)}
-    assert id(clf.fc.weight) in {id(p) for p in no_decay["params"]}
+    assert id(clf.fc.bias) in {id(p) for p in no_decay["params"]}
+    # the official head_supervised kernel: out of LARS's trust ratio, but decayed (add_weight_decay)
+    assert [id(p) for p in head["params"]] == [id(clf.fc.weight)] and head["exclude"] and head["weight_decay"] == 1e-4

@@ -13,7 +13,9 @@ from simclrv2 import checkpoint, distributed
 from simclrv2.cli import main
 from simclrv2.config import ConfigError
 from simclrv2.errors import NonFiniteError
-from simclrv2.optim import lr_at
+from simclrv2.config import from_dict
+from simclrv2.data.datasets import load
+from simclrv2.optim import lr_at, schedule_steps
 from simclrv2.core.runtime import Runtime
 from simclrv2.train.stepper import Stepper
 from simclrv2.train.loop import Stage, fit
@@ -37,8 +39,11 @@ def test_more_epochs_continue_on_the_schedule_of_the_new_length(finished, capsys
     records = [json.loads(line) for line in (finished / "metrics.jsonl").read_text().splitlines()]
     assert meta["epoch"] == 2 and [r["epoch"] for r in records] == [1, 2]
     steps = records[0]["step"]  # per epoch; digits: lr 1.0 x 256/256, no warmup
-    assert records[1]["lr"] == pytest.approx(lr_at(2 * steps - 1, 1.0, 0, 2 * steps))
-    assert records[0]["lr"] == pytest.approx(lr_at(steps - 1, 1.0, 0, steps))  # the first run's own schedule
+    cfg = from_dict(meta["config"])
+    n = len(load(cfg.data).pretrain_images())  # the schedule's length: N x epochs // B + 1 (official)
+    batch = min(cfg.pretrain.batch_size, n)
+    assert records[1]["lr"] == pytest.approx(lr_at(2 * steps - 1, 1.0, 0, schedule_steps(n, batch, 2, 0)[1]))
+    assert records[0]["lr"] == pytest.approx(lr_at(steps - 1, 1.0, 0, schedule_steps(n, batch, 1, 0)[1]))
 
 
 def test_a_complete_run_trains_nothing_and_changes_nothing(finished, capsys):

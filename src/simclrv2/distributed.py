@@ -176,7 +176,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
             self.num_batches_tracked.add_(1)
             m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
             self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), m)
-            self.running_var.lerp_((var.detach() * n / max(n - 1, 1)).to(self.running_var.dtype), m)
+            self.running_var.lerp_(var.detach().to(self.running_var.dtype), m)  # biased, as TF (models/batchnorm)
         y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.weight is not None:
             y = y * self.weight.view(shape)

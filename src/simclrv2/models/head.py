@@ -4,19 +4,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from simclrv2.models.batchnorm import BatchNorm1d, BatchNormNoShift1d
+
 __all__ = ["ProjectionHead", "BatchNormNoShift1d"]
-
-
-class BatchNormNoShift1d(nn.BatchNorm1d):
-    """BatchNorm1d with a learned scale but no shift (TF ``BatchNormalization(center=False)``)."""
-
-    def __init__(self, num_features: int) -> None:
-        super().__init__(num_features)
-        self.bias = None
-
-    def reset_parameters(self) -> None:
-        self.reset_running_stats()
-        nn.init.ones_(self.weight)
 
 
 class ProjectionHead(nn.Module):
@@ -43,7 +33,7 @@ class ProjectionHead(nn.Module):
         for i in range(num_layers):
             d_in, d_out = self.dims[i], self.dims[i + 1]
             if i < num_layers - 1:
-                layer = nn.Sequential(nn.Linear(d_in, d_out, bias=False), nn.BatchNorm1d(d_out), nn.ReLU(inplace=True))
+                layer = nn.Sequential(nn.Linear(d_in, d_out, bias=False), BatchNorm1d(d_out), nn.ReLU(inplace=True))
             else:
                 layer = nn.Sequential(nn.Linear(d_in, d_out, bias=False), BatchNormNoShift1d(d_out))
             self.layers.append(layer)

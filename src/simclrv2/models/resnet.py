@@ -22,6 +22,8 @@ import math
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from simclrv2.models.batchnorm import BatchNorm2d
+
 __all__ = ["ResNet", "BasicBlock", "Bottleneck", "SelectiveKernelConv", "RESNET_SPECS"]
 
 # Official SK_Conv2D: the squeeze width is filters * sk_ratio, but never below this.
@@ -41,7 +43,7 @@ class ConvBnAct(nn.Sequential):
         layers: list[nn.Module] = [
             # Odd kernels: symmetric padding matches TF's fixed padding (stride > 1) and SAME (stride 1).
             nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2, bias=False),
-            nn.BatchNorm2d(out_channels),
+            BatchNorm2d(out_channels),
         ]
         if act:
             layers.append(nn.ReLU(inplace=True))
@@ -84,13 +86,13 @@ def projection_shortcut(in_channels: int, out_channels: int, stride: int, avg_do
     """1x1 conv + BN shortcut; with ``avg_down`` (SK models) the stride is done by a 2x2 average pool."""
     if not avg_down:
         return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
-                             nn.BatchNorm2d(out_channels))
+                             BatchNorm2d(out_channels))
     if stride == 1:
         pool: list[nn.Module] = [AvgPoolSame2x2()]
     else:
         # TF FixedPadding(2) pads bottom/right by one (zeros, counted), then a VALID pool.
         pool = [nn.ZeroPad2d((0, 1, 0, 1)), nn.AvgPool2d(2, stride)]
-    return nn.Sequential(*pool, nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
+    return nn.Sequential(*pool, nn.Conv2d(in_channels, out_channels, 1, bias=False), BatchNorm2d(out_channels))
 
 
 class SelectiveKernelConv(nn.Module):

@@ -9,18 +9,25 @@ from simclrv2.optim.lars import LARS
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: weights (decayed, LARS-adapted) and the rest (``exclude=True``): BN parameters,
-    biases, and modules marked ``lars_exclude`` (the supervised classifier, as in the official code)."""
-    decay, no_decay = [], []
+    """The official ``build_optimizer`` exclusions (``batch_normalization``, ``bias``, ``head_supervised``)
+    and ``add_weight_decay``, as three groups: weights (decayed, LARS-adapted); weights of modules marked
+    ``lars_exclude``, the supervised head (decayed, whose decay the official code adds to the loss, but
+    not adapted); BN parameters and biases (``exclude=True``, neither)."""
+    decay, head, no_decay = [], [], []
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
             if not p.requires_grad:
                 continue
             is_norm = isinstance(module, nn.modules.batchnorm._NormBase | nn.GroupNorm | nn.LayerNorm)
-            excluded = is_norm or name == "bias" or p.ndim <= 1 or getattr(module, "lars_exclude", False)
-            (no_decay if excluded else decay).append(p)
-    return [dict(params=decay, weight_decay=weight_decay, exclude=False),
-            dict(params=no_decay, weight_decay=0.0, exclude=True)]
+            if is_norm or name == "bias" or p.ndim <= 1:
+                no_decay.append(p)
+            else:
+                (head if getattr(module, "lars_exclude", False) else decay).append(p)
+    groups = [dict(params=decay, weight_decay=weight_decay, exclude=False),
+              dict(params=no_decay, weight_decay=0.0, exclude=True)]
+    if head:
+        groups.append(dict(params=head, weight_decay=weight_decay, exclude=True))
+    return groups
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,

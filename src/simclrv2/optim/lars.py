@@ -14,13 +14,13 @@ class LARS(Optimizer):
 
     For each parameter ``w`` with gradient ``g`` (per step):
 
-        g <- g + weight_decay * w                         (unless the group is excluded)
-        trust = eta * ||w|| / ||g||  if both norms > 0 else 1   (excluded groups: 1)
+        g <- g + weight_decay * w
+        trust = eta * ||w|| / ||g||  if both norms > 0 else 1   (groups with exclude=True: 1)
         v <- momentum * v + lr * trust * g
         w <- w - v
 
     The momentum buffer holds the learning rate, as in the reference. Param groups with
-    ``exclude=True`` (BatchNorm parameters and biases) get neither weight decay nor the trust ratio.
+    ``exclude=True`` get no trust ratio; with ``weight_decay=0`` no decay (see ``build.param_groups``).
     """
 
     def __init__(self, params: Iterable, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
@@ -43,9 +43,9 @@ class LARS(Optimizer):
                 if w.grad is None:
                     continue
                 g: Tensor = w.grad
+                if wd:
+                    g = g.add(w, alpha=wd)
                 if not exclude:
-                    if wd:
-                        g = g.add(w, alpha=wd)
                     w_norm, g_norm = torch.linalg.vector_norm(w), torch.linalg.vector_norm(g)
                     trust = torch.where((w_norm > 0) & (g_norm > 0), eta * w_norm / g_norm,
                                         torch.ones_like(w_norm))

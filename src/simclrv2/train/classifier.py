@@ -72,10 +72,12 @@ def train_classifier(model: nn.Module, net: nn.Module, labeled: datasets.ImageSe
                      section: OptimConfig, cfg: Config, out: Path, stage_name: str, meta: dict[str, Any],
                      rt: Runtime, resume: bool = False, show_progress: bool = True,
                      before_fit: Callable[[], None] | None = None,
-                     splits: datasets.Splits | None = None) -> dict[str, Any]:
+                     splits: datasets.Splits | None = None,
+                     views: Callable[[Tensor], Tensor] | None = None) -> dict[str, Any]:
     """Cross-entropy training of ``model`` (``net`` unwrapped) on ``labeled``; best/last checkpoints.
     ``before_fit`` runs once everything is set up and checked (the checkpoint to resume included),
-    just before the first step."""
+    just before the first step. ``views`` replaces the crop + flip augmentation (uint8 batch -> float
+    view; the official-step tests feed fixed ones)."""
     device = rt.device
     images = BatchFeed(labeled.images, device, cfg.data.on_device, cfg.workers, cfg.data.decode)
     labels = labeled.labels.to(device)
@@ -84,13 +86,15 @@ def train_classifier(model: nn.Module, net: nn.Module, labeled: datasets.ImageSe
         raise datasets.DataError(f"{stage_name} needs at least 2 labeled images, the labeled subset has {n} "
                                  f"({labeled_how(cfg)}): label more images (labels=, labels_per_class=)")
     batch = rt.global_batch(section.batch_size, n)
-    stepper = make_stepper(model, section, steps_per_epoch(n, batch, drop_last=False), batch, device)
-    views = ViewMaker.for_finetuning(cfg, device, seed=rt.rank_seed(2))
+    stepper = make_stepper(model, section, steps_per_epoch(n, batch, drop_last=False), batch, device,
+                           num_items=n)
+    views = views or ViewMaker.for_finetuning(cfg, device, seed=rt.rank_seed(2))
     summary.show(stage_name, cfg, splits, meta["arch"], count_params(net), device, rt.world.size, out, section, batch,
                  stepper.peak_lr, steps_per_epoch(n, batch, False), is_main=rt.world.is_main, enabled=show_progress,
                  labeled=f"{n:,} images ({labeled_how(cfg)})", start=meta.get("pretrained", "random initialisation"))
+    generators = {"augment": views.generator} if isinstance(views, ViewMaker) else {}
     stage = Stage(stage_name, out, net, stepper, meta, n, batch, section.epochs, drop_last=False, order=rt.order,
-                  generators={"augment": views.generator}, is_main=rt.world.is_main,
+                  generators=generators, is_main=rt.world.is_main,
                   shard=distributed.shard(rt.world), feeds=[images])
 
     def loss_of(idx: Tensor) -> Tensor:
@@ -118,8 +122,10 @@ def _setup(cfg: Config, out_dir: str | Path, splits: datasets.Splits | None, ove
 
 
 def run_finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path, splits: datasets.Splits | None = None,
-                 show_progress: bool = True, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
-    """Fine-tune a pretrained encoder + first ``model.ft_layer`` head layers with a new linear classifier."""
+                 show_progress: bool = True, resume: bool = False, overwrite: bool = False,
+                 views: Callable[[Tensor], Tensor] | None = None) -> dict[str, Any]:
+    """Fine-tune a pretrained encoder + first ``model.ft_layer`` head layers with a new linear classifier
+    (``views``: see :func:`train_classifier`)."""
     cfg = copy.deepcopy(cfg)
     tensors, source_meta = checkpoint.load(pretrained)
     if source_meta.get("kind") != "pretrain":
@@ -144,7 +150,7 @@ def run_finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path, split
             "pretrained": str(pretrained), "labeled": len(labeled), "params": count_params(net)}
     return train_classifier(model, net, labeled, splits.val, cfg.finetune, cfg, run_dir.path, "finetune", meta, rt,
                             run_dir.resume, show_progress, lambda: _start_run(run_dir, splits.train.names, chosen),
-                            splits)
+                            splits, views)
 
 
 def run_supervised(cfg: Config, out_dir: str | Path, splits: datasets.Splits | None = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +46,20 @@ def knn_accuracy(model: SimCLRModel, splits: datasets.Splits, device: torch.devi
     return topk_accuracy(scores, splits.val.labels)
 
 
+def _generators(views: Callable) -> dict[str, torch.Generator]:
+    """The augmentation's random generator, saved in checkpoints for exact resumes (none for given views)."""
+    return {"augment": views.generator} if isinstance(views, ViewMaker) else {}
+
+
 def run(cfg: Config, out_dir: str | Path, splits: datasets.Splits | None = None, show_progress: bool = True,
-        resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+        resume: bool = False, overwrite: bool = False, net: SimCLRModel | None = None,
+        views: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, Any]:
     """Pretrain an encoder + projection head; writes ``out_dir/last`` and ``metrics.jsonl``.
+
+    ``net`` is the network to start from (default: a fresh one of ``cfg.model``; e.g. an imported
+    official checkpoint, whose architecture must be ``cfg.model``'s). ``views`` replaces the SimCLR
+    augmentation: called twice per step on the batch's uint8 images, it returns the first, then the
+    second float view (default: ``cfg.aug``'s random views; the official-step tests feed fixed ones).
 
     Under torchrun the configured batch is global: each rank embeds its part, and NT-Xent takes
     negatives from every rank's embeddings. With ``memory_size > 0`` (SimCLRv2's memory buffer, as
@@ -66,10 +78,10 @@ def run(cfg: Config, out_dir: str | Path, splits: datasets.Splits | None = None,
     batch = rt.global_batch(s.batch_size, n)
     local = batch // rt.world.size
 
-    net = build_pretrain_model(cfg.model)
+    net = build_pretrain_model(cfg.model) if net is None else net.to(rt.device)
     model = rt.wrap(net, cfg.compile)
-    stepper = make_stepper(model, s, steps_per_epoch(n, batch, True), batch, rt.device)
-    views = ViewMaker.for_pretraining(cfg, rt.device, seed=rt.rank_seed(1))
+    stepper = make_stepper(model, s, steps_per_epoch(n, batch, True), batch, rt.device, num_items=n)
+    views = views or ViewMaker.for_pretraining(cfg, rt.device, seed=rt.rank_seed(1))
     stateful: dict[str, Any] = {}
     memory_size = capped_size(s.memory_size, n, batch) if s.memory_size > 0 else 0
     if memory_size > 0:
@@ -81,7 +93,7 @@ def run(cfg: Config, out_dir: str | Path, splits: datasets.Splits | None = None,
     summary.show("pretrain", cfg, splits, cfg.model, count_params(net), rt.device, rt.world.size, out, s, batch,
                  stepper.peak_lr, steps_per_epoch(n, batch, True), is_main=rt.world.is_main, enabled=show_progress)
     stage = Stage("pretrain", out, net, stepper, meta, n, batch, s.epochs, drop_last=True, order=rt.order,
-                  generators={"augment": views.generator}, stateful=stateful, is_main=rt.world.is_main,
+                  generators=_generators(views), stateful=stateful, is_main=rt.world.is_main,
                   shard=distributed.shard(rt.world), feeds=[images])
     offset = rt.world.rank * local
 

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from simclrv2 import distributed
 from simclrv2.config import OptimConfig
 from simclrv2.errors import NonFiniteError
-from simclrv2.optim import build_optimizer, lr_at, scaled_lr
+from simclrv2.optim import build_optimizer, lr_at, scaled_lr, schedule_steps
 
 
 class NonFiniteLossError(NonFiniteError):
@@ -57,13 +57,16 @@ class Stepper:
 
 
 def make_stepper(model: nn.Module, section: OptimConfig, steps_per_epoch: int, global_batch: int,
-                 device: torch.device) -> Stepper:
-    """Optimizer and schedule of a stage: lr scaled with the global batch, warmup, cosine decay."""
+                 device: torch.device, num_items: int | None = None) -> Stepper:
+    """Optimizer and schedule of a stage: lr scaled with the global batch, warmup, cosine decay.
+
+    The schedule is the official one over ``num_items`` images per epoch (see ``optim.schedule``);
+    without ``num_items``, ``steps_per_epoch x global_batch`` stands for it."""
     peak = scaled_lr(section.lr, global_batch, section.lr_scaling)
     optimizer = build_optimizer(model, section.optimizer, peak, section.weight_decay, section.momentum,
                                 section.trust_coefficient, fused=device.type == "cuda")
-    total = max(1, section.epochs * steps_per_epoch)
-    warmup = int(round(section.warmup() * steps_per_epoch))
+    n = steps_per_epoch * global_batch if num_items is None else num_items
+    warmup, total = schedule_steps(n, global_batch, section.epochs, section.warmup())
     if section.epochs > 0 and warmup > total / 2:
         warn_long_warmup(section, peak)
     return Stepper(optimizer, peak, warmup, total)
