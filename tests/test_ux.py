@@ -37,7 +37,7 @@ def test_folder_recipe_warmup_follows_the_run_length(stage):
     assert full.warmup() == 0.05 * full.epochs  # 10 of 200, 5 of 100: what the preset always had
     section = getattr(build_config("folder", overrides=[f"{stage}.epochs=3"]), stage)
     stepper = _stepper(section)
-    assert stepper.warmup_steps == round(0.05 * 3 * 10)
+    assert stepper.warmup_steps == 1  # the official int(round(0.15 epochs x N // B)): 1.5 steps floor to 1
     # the rate reaches its peak and decays to (nearly) zero within the three epochs
     rates = [lr_at(i, stepper.peak_lr, stepper.warmup_steps, stepper.total_steps) for i in range(30)]
     assert max(rates) == pytest.approx(stepper.peak_lr) and rates[-1] < 0.01 * stepper.peak_lr
