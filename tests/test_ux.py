@@ -40,7 +40,7 @@ def test_folder_recipe_warmup_follows_the_run_length(stage):
     assert stepper.warmup_steps == 1  # the official int(round(0.15 epochs x N // B)): 1.5 steps floor to 1
     # the rate reaches its peak and decays to (nearly) zero within the three epochs
     rates = [lr_at(i, stepper.peak_lr, stepper.warmup_steps, stepper.total_steps) for i in range(30)]
-    assert max(rates) == pytest.approx(stepper.peak_lr) and rates[-1] < 0.01 * stepper.peak_lr
+    assert max(rates) == pytest.approx(stepper.peak_lr) and rates[-1] < 0.02 * stepper.peak_lr  # official total: 31 steps
 
 
 def test_warmup_epochs_given_later_win_over_the_fraction(tmp_path):
