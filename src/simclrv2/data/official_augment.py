@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from simclrv2.data.gpu_augment import _as_tensor, _per_image  # shared helpers of the batched ops
 from simclrv2.data.ragged import RaggedImages
 
 __all__ = [
@@ -56,18 +57,6 @@ _BRIGHTNESS, _CONTRAST, _SATURATION, _HUE = range(4)  # op codes of color_jitter
 def _float01(x: Tensor) -> Tensor:
     """Float32: uint8 scaled by 1/255 (``tf.image.convert_image_dtype``), floats copied."""
     return x.float().mul_(1 / 255) if x.dtype == torch.uint8 else x.float().clone()
-
-
-def _as_tensor(v: Tensor | float, x: Tensor) -> Tensor:
-    """``v`` on ``x``'s device (a fill, not a host-to-device copy, which would sync)."""
-    if isinstance(v, Tensor):
-        return v.to(device=x.device, dtype=x.dtype)
-    return torch.full((), float(v), dtype=x.dtype, device=x.device)
-
-
-def _per_image(v: Tensor | float, x: Tensor) -> Tensor:
-    """A scalar or ``[N]`` per-image value shaped to broadcast against ``[N, C, H, W]``."""
-    return _as_tensor(v, x).reshape(-1, 1, 1, 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,8 +135,9 @@ def sample_distorted_boxes(height: int | Tensor, width: int | Tensor, n: int | N
 
 # ---------------------------------------------------------------------------------------------
 # crop + TF bicubic resize + flip
-# TODO: use data/tf_resize.py once merged (helper a-evalprep's resize_bicubic_tf for whole images);
-# this one takes a box per image, which the matrix form below needs.
+# The same kernel as data/tf_resize.py (TF's bicubic, a = -0.5, renormalised border taps), whose weights
+# depend only on the two sizes and are cached on the host; here every image has its own box (and
+# flip), so the weights are built batched on the device from the sampled boxes, with no host sync.
 
 
 def _keys_table(x: Tensor) -> tuple[Tensor, ...]:
