@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--out", default="runs/quickstart-seeds", help="one run directory per seed under this")
     p.add_argument("--json", help="write the runs and ranges here")
     p.add_argument("--markdown", help="write the table here")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at a time (each uses one thread; wall times then include the sharing)")
     p.add_argument("--render", metavar="JSON", help="only print the table of a saved --json (no runs)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="passed to every run (none: the Quickstart)")
     args = p.parse_args(argv)
@@ -86,8 +89,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(markdown(summary), end="")
         return summary
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    runs = [run_seed(seed, Path(args.out) / f"seed_{seed}", args.overrides) for seed in seeds]
-    summary = {"seeds": seeds, "overrides": args.overrides, "runs": runs, "cells": ranges(runs),
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        runs = list(pool.map(lambda seed: run_seed(seed, Path(args.out) / f"seed_{seed}", args.overrides), seeds))
+    summary = {"seeds": seeds, "overrides": args.overrides, "jobs": args.jobs, "runs": runs, "cells": ranges(runs),
                "machine": f"{platform.machine()}, {runs[0]['device']}", "torch": _torch_version(),
                "date": datetime.date.today().isoformat()}
     table = markdown(summary)
