@@ -1,0 +1,80 @@
+"""Our linear evaluation (``eval.linear=paper``) steps equal the official ones (google-research/simclr ``tf2/``).
+
+The official linear evaluation is fine-tuning with ``--fine_tune_after_block=4 --zero_init_logits_layer``
+(``ft_proj_selector=0``): the encoder's layers get ``trainable=False`` (Keras 2 then runs their BatchNorm
+in inference mode) and a ``stop_gradient`` follows the pooled output; only ``head_supervised`` learns. The
+README's recipe uses ``--optimizer=momentum`` (Keras 2 ``SGD(nesterov=True)``) with ``add_weight_decay``
+decaying every trainable non-BN variable, the head's bias included. The official side is run as
+``tests/test_official_steps.py`` does (``run.py``'s ``single_step``, ``WarmUpAndCosineDecay`` with N
+examples); its initial weights reach our encoder through our importer (``simclrv2.official.tf_import``).
+
+Our side is ``eval.linear.train_linear_head``, what ``evaluate`` and the pipeline run for
+``eval.linear=paper`` (via ``paper_linear_eval``), on the imported encoder in eval mode, with the
+augmentation replaced by the official side's fixed views (the ``views=`` seam). Compared: the loss of
+each of K steps (within 1e-5 relative), the head's kernel and bias after K steps (within 1e-4), and the
+encoder's weights and BN moving statistics (unchanged on both sides: within 1e-4 of the start, our copy
+bit-equal). Not compared: the official projection head, which this mode also carries along (its kernels
+decay under ``add_weight_decay`` and its BNs update their moving statistics) but which the
+supervised head never reads with ``ft_proj_selector=0``; our linear evaluation has no projection head.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from simclrv2.data.datasets import ImageSet
+from simclrv2.eval.linear import train_linear_head
+from test_official_steps import (ARCHS, CLASSES, COMMON, K, N, FixedViews, flags, image_set, imported,  # noqa: F401
+                                 o, official_model, official_steps, our_config, random_views, to_torch)
+
+# sqrt scaling: peak 0.03 x sqrt(8) = 0.085; one warmup epoch and cosine decay make the lr change every step
+# (where torch's Nesterov SGD and Keras's differ); weight_decay 0.1 so that the decay of the bias shows.
+LINEAR = dict(learning_rate=0.03, learning_rate_scaling="sqrt", warmup_epochs=1, weight_decay=0.1, momentum=0.9)
+OPTIMIZERS = {"momentum": "sgd", "lars": "lars"}  # official --optimizer: ours eval.optimizer
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("arch", [pytest.param("r18_cifar"), pytest.param("r50_sk1", marks=pytest.mark.slow)])
+def test_linear_eval_steps_equal_the_official(o, flags, arch, optimizer, tmp_path, monkeypatch):
+    # The official code was written for TF 2.3, whose tf.keras.optimizers.SGD (OptimizerV2, now
+    # ``optimizers.legacy.SGD``) calls the schedule with a float step; Keras 2.11+'s SGD passes the int64
+    # ``iterations``, which WarmUpAndCosineDecay cannot divide. Same update rule (``ResourceApplyKerasMomentum``).
+    monkeypatch.setattr(o.tf.keras.optimizers, "SGD", o.tf.keras.optimizers.legacy.SGD)
+    flags(**{**COMMON, "optimizer": optimizer}, **ARCHS[arch], **LINEAR, train_mode="finetune",
+          lineareval_while_pretraining=False, fine_tune_after_block=4, ft_proj_selector=0, temperature=0.1)
+    size = ARCHS[arch]["image_size"]
+    model = official_model(o, seed=6)
+    net, meta = imported(o, model, tmp_path / "start").pretrain
+    # The official encoder runs its BatchNorm in TRAINING mode here: ``trainable=False`` is set on the
+    # ``BatchNormRelu`` wrappers, not on the Keras BatchNormalization inside, so the features use batch
+    # statistics and the moving statistics update (its weights do not train). Ours is fed the same way.
+    encoder = net.encoder.train()
+    start = copy.deepcopy(encoder.state_dict())
+    batches = random_views(size, K, 7)
+    labels = (np.arange(N) % CLASSES).astype(np.int64)
+    theirs = official_steps(o, model, batches, labels)
+
+    cfg = our_config(meta, "eval", LINEAR, linear="paper", optimizer=OPTIMIZERS[optimizer])
+    images: ImageSet = image_set(size)
+    head, ours = train_linear_head(encoder.forward_features, images.images, images.labels,
+                                   encoder.num_features, CLASSES, cfg, torch.device("cpu"), views=FixedViews([to_torch(b) for b in batches]))
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5)
+
+    kernel, bias = (v.numpy() for v in model.supervised_head.trainable_variables)
+    assert np.abs(kernel).max() > 1e-2 and np.abs(bias).max() > 1e-3  # the head learnt something
+    np.testing.assert_allclose(head.weight.detach().numpy(), kernel.T, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(head.bias.detach().numpy(), bias, atol=1e-4, rtol=0)
+
+    after = imported(o, model, tmp_path / "after").pretrain[0].encoder.state_dict()
+    moved = 0
+    for k, v in encoder.state_dict().items():  # weights frozen on both sides; moving statistics updated K times
+        if "num_batches_tracked" in k:
+            continue
+        moved += "running" in k and not torch.equal(v, start[k])
+        assert "running" in k or torch.equal(v, start[k]), k
+        np.testing.assert_allclose(v.numpy(), after[k].numpy(), atol=1e-4, rtol=0, err_msg=k)
+    assert moved > 0
