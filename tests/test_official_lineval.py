@@ -69,7 +69,8 @@ def test_linear_eval_steps_equal_the_official(o, flags, arch, optimizer, tmp_pat
     cfg = our_config(meta, "eval", LINEAR, linear="paper", optimizer=OPTIMIZERS[optimizer])
     images: ImageSet = image_set(size)
     head, ours = train_linear_head(encoder.forward_features, images.images, images.labels,
-                                   encoder.num_features, CLASSES, cfg, torch.device("cpu"), views=FixedViews([to_torch(b) for b in batches]))
+                                   encoder.num_features, CLASSES, cfg, torch.device("cpu"),
+                                   views=FixedViews([to_torch(b) for b in batches]))
     np.testing.assert_allclose(ours, theirs, rtol=1e-5)
 
     kernel, bias = (v.numpy() for v in model.supervised_head.trainable_variables)
