@@ -87,3 +87,30 @@ def test_linear_eval_steps_equal_the_official(o, flags, arch, optimizer, tmp_pat
         assert "running" in k or torch.equal(v, start[k]), k
         np.testing.assert_allclose(v.numpy(), after[k].numpy(), atol=1e-4, rtol=0, err_msg=k)
     assert moved > 0
+
+
+@pytest.mark.parametrize("keras", ["SGD", "legacy.SGD"])
+def test_keras_nesterov_sgd_equals_keras(o, keras):
+    """``KerasNesterovSGD`` against Keras 2's ``SGD(momentum=0.9, nesterov=True)`` (both classes) with the
+    learning rate changed at every step, where torch's ``SGD(nesterov=True)`` differs (float64 variables; Keras
+    keeps the rate and the momentum in float32: 0.9 rounds by 1e-8, hence rtol 1e-6)."""
+    from simclrv2.optim import KerasNesterovSGD
+
+    tf = o.tf
+    rng = np.random.default_rng(0)
+    start, grads, rates = rng.normal(size=(3, 4)), rng.normal(size=(6, 3, 4)), [0, 0.5, 1, 0.75, 0.25, 0.0625]
+    optimizer = eval(f"tf.keras.optimizers.{keras}")(learning_rate=tf.Variable(0.0), momentum=0.9, nesterov=True)
+    theirs = tf.Variable(start)
+    ours = torch.nn.Parameter(torch.tensor(start))
+    mine = KerasNesterovSGD([ours], lr=0.0, momentum=0.9)
+    torch_ours = torch.nn.Parameter(torch.tensor(start))
+    torch_sgd = torch.optim.SGD([torch_ours], lr=0.0, momentum=0.9, nesterov=True)
+    for g, lr in zip(grads, rates):
+        optimizer.learning_rate.assign(lr)
+        optimizer.apply_gradients([(tf.constant(g), theirs)])
+        for opt, p in ((mine, ours), (torch_sgd, torch_ours)):
+            opt.param_groups[0]["lr"] = lr
+            p.grad = torch.tensor(g)
+            opt.step()
+    np.testing.assert_allclose(ours.detach().numpy(), theirs.numpy(), rtol=1e-6, atol=0)
+    assert np.abs(torch_ours.detach().numpy() - theirs.numpy()).max() > 1e-2  # what the class is for
