@@ -34,7 +34,8 @@ import pytest
 import torch
 
 from simclrv2.data.datasets import ImageSet
-from simclrv2.eval.linear import train_linear_head
+from simclrv2.data.feed import chunks
+from simclrv2.eval.linear import paper_linear_eval, train_linear_head
 from test_official_steps import (ARCHS, CLASSES, COMMON, K, N, FixedViews, flags, image_set, imported,  # noqa: F401
                                  o, official_model, official_steps, our_config, random_views, to_torch)
 
@@ -57,18 +58,22 @@ def test_linear_eval_steps_equal_the_official(o, flags, arch, optimizer, tmp_pat
     size = ARCHS[arch]["image_size"]
     model = official_model(o, seed=6)
     net, meta = imported(o, model, tmp_path / "start").pretrain
-    # The official encoder runs its BatchNorm in TRAINING mode here: ``trainable=False`` is set on the
-    # ``BatchNormRelu`` wrappers, not on the Keras BatchNormalization inside, so the features use batch
-    # statistics and the moving statistics update (its weights do not train). Ours is fed the same way.
-    encoder = net.encoder.train()
+    encoder = net.encoder.eval()  # as evaluate and the pipeline hand it over
     start = copy.deepcopy(encoder.state_dict())
     batches = random_views(size, K, 7)
     labels = (np.arange(N) % CLASSES).astype(np.int64)
     theirs = official_steps(o, model, batches, labels)
+    val = image_set(size).images.flip(0)
+    val_views = torch.cat(list(chunks(val, 64)))  # our evaluation views, given to both sides
+    _, their_scores = model(o.tf.constant(val_views.permute(0, 2, 3, 1).numpy()), training=False)
 
-    cfg = our_config(meta, "eval", LINEAR, linear="paper", optimizer=OPTIMIZERS[optimizer])
+    # The official encoder runs its BatchNorm in TRAINING mode here: ``trainable=False`` is set on the
+    # ``BatchNormRelu`` wrappers, not on the Keras BatchNormalization inside, so the features use batch
+    # statistics and the moving statistics update (its weights do not train): ``eval.encoder_bn=batch``.
+    cfg = our_config(meta, "eval", LINEAR, linear="paper", optimizer=OPTIMIZERS[optimizer], encoder_bn="batch")
     images: ImageSet = image_set(size)
-    head, ours = train_linear_head(encoder.forward_features, images.images, images.labels,
+    trained = copy.deepcopy(encoder).train()  # what paper_linear_eval does with encoder_bn=batch
+    head, ours = train_linear_head(trained.forward_features, images.images, images.labels,
                                    encoder.num_features, CLASSES, cfg, torch.device("cpu"),
                                    views=FixedViews([to_torch(b) for b in batches]))
     np.testing.assert_allclose(ours, theirs, rtol=1e-5)
@@ -80,13 +85,21 @@ def test_linear_eval_steps_equal_the_official(o, flags, arch, optimizer, tmp_pat
 
     after = imported(o, model, tmp_path / "after").pretrain[0].encoder.state_dict()
     moved = 0
-    for k, v in encoder.state_dict().items():  # weights frozen on both sides; moving statistics updated K times
+    for k, v in trained.state_dict().items():  # weights frozen on both sides; moving statistics updated K times
         if "num_batches_tracked" in k:
             continue
         moved += "running" in k and not torch.equal(v, start[k])
         assert "running" in k or torch.equal(v, start[k]), k
         np.testing.assert_allclose(v.numpy(), after[k].numpy(), atol=1e-4, rtol=0, err_msg=k)
     assert moved > 0
+
+    # The whole protocol as evaluate runs it: scores of evaluation images after training, with the statistics
+    # the encoder ended with (official: model(..., training=False)); the encoder handed over is left untouched.
+    scores = paper_linear_eval(encoder.forward_features, images.images, images.labels,
+                               torch.zeros(len(val), encoder.num_features), CLASSES, cfg, torch.device("cpu"),
+                               views=FixedViews([to_torch(b) for b in batches]), encoder=encoder, val_images=val)
+    np.testing.assert_allclose(scores.numpy(), their_scores.numpy(), atol=1e-4, rtol=0)
+    assert all(torch.equal(v, start[k]) for k, v in encoder.state_dict().items())
 
 
 @pytest.mark.parametrize("keras", ["SGD", "legacy.SGD"])

@@ -8,6 +8,7 @@ linear layer trained with SGD on crop + flip views through the frozen encoder (s
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import warnings
 from collections.abc import Callable
@@ -28,7 +29,8 @@ def describe(section: EvalConfig) -> str:
     if section.linear == "paper":
         return (f"paper protocol: linear layer on the frozen encoder's features, crop + flip views, "
                 f"{section.epochs} epochs of {section.optimizer} (lr {section.lr:g} {section.lr_scaling}-scaled, "
-                f"batch {section.batch_size})")
+                f"batch {section.batch_size}"
+                f"{', encoder BatchNorm on batch statistics' if section.encoder_bn == 'batch' else ''})")
     return "fast probe: L-BFGS logistic regression on standardised features of un-augmented images"
 
 
@@ -55,11 +57,27 @@ def linear_eval(train_features: Tensor, train_labels: Tensor, val_features: Tens
 
 def paper_linear_eval(features: Callable[[Tensor], Tensor], train_images, train_labels: Tensor,
                       val_features: Tensor, num_classes: int, cfg: Config, device: torch.device,
-                      views: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+                      views: Callable[[Tensor], Tensor] | None = None, encoder: nn.Module | None = None,
+                      val_images=None) -> Tensor:
     """Train a linear classifier on ``features`` (the frozen encoder, in eval mode) of augmented training
-    images (``train_linear_head``); class scores for ``val_features`` (features of the evaluation images)."""
+    images (``train_linear_head``); class scores for ``val_features`` (features of the evaluation images).
+
+    ``eval.encoder_bn=batch`` (needs ``encoder`` and ``val_images``): as the official linear evaluation,
+    where ``trainable=False`` reaches the encoder's ``BatchNormRelu`` wrappers but not the BatchNorm layers
+    inside, a copy of ``encoder`` normalises with each batch's statistics while the head trains (updating
+    its moving statistics), and ``val_images`` are scored with the statistics it ends with."""
+    batch_bn = cfg.eval.encoder_bn == "batch"
+    if batch_bn:
+        if encoder is None or val_images is None:
+            raise ValueError("eval.encoder_bn=batch needs the encoder and the evaluation images")
+        encoder = copy.deepcopy(encoder).train()
+        features = encoder.forward_features
     head, _ = train_linear_head(features, train_images, train_labels, val_features.shape[1], num_classes, cfg,
                                 device, views)
+    if batch_bn:
+        from simclrv2.core.batched import infer
+
+        val_features = infer(encoder.eval().forward_features, val_images, device, amp=cfg.amp)
     with torch.no_grad():
         return head.cpu()(val_features.float())
 
@@ -126,11 +144,14 @@ def train_linear_head(features: Callable[[Tensor], Tensor], train_images, train_
 
 
 def linear_probe(cfg: Config, features: Callable[[Tensor], Tensor], train_images, train_labels: Tensor,
-                 train_features: Tensor, val_features: Tensor, num_classes: int, device: torch.device) -> Tensor:
+                 train_features: Tensor, val_features: Tensor, num_classes: int, device: torch.device,
+                 encoder: nn.Module | None = None, val_images=None) -> Tensor:
     """Class scores of the validation images by the protocol ``eval.linear`` names (``fast`` uses only
-    the precomputed ``train_features``; ``paper`` trains on augmented ``train_images``)."""
+    the precomputed ``train_features``; ``paper`` trains on augmented ``train_images``; with
+    ``eval.encoder_bn=batch`` it also needs the ``encoder`` module and the ``val_images``)."""
     if cfg.eval.linear == "paper":
-        return paper_linear_eval(features, train_images, train_labels, val_features, num_classes, cfg, device)
+        return paper_linear_eval(features, train_images, train_labels, val_features, num_classes, cfg, device,
+                                 encoder=encoder, val_images=val_images)
     scores = linear_eval(train_features, train_labels, val_features)
     if scores.shape[1] < num_classes:  # classes missing from the labeled subset get no score
         scores = F.pad(scores, (0, num_classes - scores.shape[1]))
