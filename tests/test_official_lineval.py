@@ -11,16 +11,18 @@ official side is run as ``tests/test_official_steps.py`` does (``run.py``'s ``si
 
 Found here: ``trainable=False`` is set on the official ``BatchNormRelu`` wrappers, not on the Keras
 ``BatchNormalization`` layers they create, so the frozen encoder still runs its BatchNorm in TRAINING mode:
-the features use the batch's statistics and the moving statistics update (momentum 0.9) at every step. Our
-``evaluate`` feeds ``train_linear_head`` the encoder in eval mode (frozen statistics); to compare the step,
-this test feeds it our encoder in train mode under ``no_grad``, as the official one runs.
+the features use the batch's statistics and the moving statistics update (momentum 0.9) at every step, and
+the evaluation afterwards (``training=False``) uses them. Ours does so with ``eval.encoder_bn=batch`` (on a copy
+of the encoder; the default, ``frozen``, keeps the encoder in eval mode).
 
-Our side is ``eval.linear.train_linear_head``, what ``evaluate`` and the pipeline run for
-``eval.linear=paper`` (via ``paper_linear_eval``), with the augmentation replaced by the official side's
-fixed views (the ``views=`` seam). Compared: the loss of each of K steps (within 1e-5 relative), the head's
-kernel and bias after K steps (within 1e-4 absolute), and every encoder tensor after K steps (within 1e-4:
-weights unchanged on both sides, ours bit-equal to the start; BN moving statistics updated K times). Not
-compared: the official projection head, which this mode also carries along (its kernels decay under
+Our side is ``eval.linear.train_linear_head``, what ``paper_linear_eval`` runs for ``eval.linear=paper``
+(``evaluate`` and the pipeline call it), with the augmentation replaced by the official side's fixed views
+(the ``views=`` seam). Compared: the loss of each of K steps (within 1e-5 relative), the head's kernel and
+bias after K steps (within 1e-4 absolute), every encoder tensor after K steps (within 1e-4: weights unchanged
+on both sides, ours bit-equal to the start; BN moving statistics updated K times), and then the whole
+``paper_linear_eval`` with ``encoder_bn=batch``: its scores of evaluation images against the official model's
+logits after the K steps (within 1e-4), the encoder handed over left untouched.
+Not compared: the official projection head, which this mode also carries along (its kernels decay under
 ``add_weight_decay``, its BNs update their statistics) but which ``head_supervised`` never reads with
 ``ft_proj_selector=0``; our linear evaluation has no projection head.
 """
@@ -28,6 +30,7 @@ compared: the official projection head, which this mode also carries along (its 
 from __future__ import annotations
 
 import copy
+import functools
 
 import numpy as np
 import pytest
@@ -112,7 +115,8 @@ def test_keras_nesterov_sgd_equals_keras(o, keras):
     tf = o.tf
     rng = np.random.default_rng(0)
     start, grads, rates = rng.normal(size=(3, 4)), rng.normal(size=(6, 3, 4)), [0, 0.5, 1, 0.75, 0.25, 0.0625]
-    optimizer = eval(f"tf.keras.optimizers.{keras}")(learning_rate=tf.Variable(0.0), momentum=0.9, nesterov=True)
+    sgd = functools.reduce(getattr, keras.split("."), tf.keras.optimizers)
+    optimizer = sgd(learning_rate=tf.Variable(0.0), momentum=0.9, nesterov=True)
     theirs = tf.Variable(start)
     ours = torch.nn.Parameter(torch.tensor(start))
     mine = KerasNesterovSGD([ours], lr=0.0, momentum=0.9)
