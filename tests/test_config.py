@@ -76,6 +76,7 @@ def test_yaml_then_overrides(tmp_path):
     ("noequals", "not of the form key=value"),
     ("ft_layer=5", "model.ft_layer must be in"),
     ("eval.linear=slow", "eval.linear must be fast or paper"),
+    ("eval.encoder_bn=moving", "eval.encoder_bn must be frozen or batch"),
     ("eval.epochs=-1", "eval.epochs must be >= 0"),
     ("finetune.epochs_by_labels=0.1", "expected key:value pairs"),
     ("finetune.epochs_by_labels=2:10", "needs a fraction in"),

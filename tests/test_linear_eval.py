@@ -53,6 +53,25 @@ def test_paper_protocol_leaves_the_encoder_and_its_batchnorm_statistics_untouche
     assert all(p.grad is None for p in encoder.parameters())
 
 
+def test_batch_statistics_leave_the_encoder_handed_over_untouched_and_score_with_the_updated_ones():
+    """``eval.encoder_bn=batch`` (the official linear evaluation's BatchNorm): a copy of the encoder trains in
+    training mode, and the evaluation images are scored with the moving statistics that copy ended with."""
+    images, y, _ = _overlapping_classes(n=40)
+    encoder = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    encoder.eval()
+    encoder.forward_features = encoder.forward
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    cfg = merge(Config(), {"device": "cpu", "data": {"image_size": 8},
+                           "eval": {"linear": "paper", "epochs": 2, "batch_size": 16, "encoder_bn": "batch"}})
+    scores = paper_linear_eval(encoder, images, y, torch.zeros(5, 4), 3, cfg, torch.device("cpu"),
+                               encoder=encoder, val_images=images[:5])
+    assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())
+    assert scores.shape == (5, 3) and scores.abs().sum() > 0
+    with pytest.raises(ValueError, match="needs the encoder"):
+        paper_linear_eval(encoder, images, y, torch.zeros(5, 4), 3, cfg, torch.device("cpu"))
+    assert "batch statistics" in describe(cfg.eval)
+
+
 def test_describe_names_the_protocol():
     assert describe(Config().eval).startswith("fast probe")
     paper = merge(Config(), {"eval": {"linear": "paper", "epochs": 7}}).eval
@@ -78,3 +97,10 @@ def test_evaluate_says_which_linear_evaluation_it_shows(folder_checkpoint, tmp_p
     result = json.loads((tmp_path / "evaluation.json").read_text())
     assert result["linear"]["protocol"] == protocol and 0 <= result["linear"]["top1"] <= 100
     assert result["linear_protocol"].startswith(printed[len("linear ("):])
+
+
+def test_evaluate_with_the_encoder_batchnorm_on_batch_statistics(folder_checkpoint, tmp_path, capsys):
+    assert main(["evaluate", "--checkpoint", str(folder_checkpoint / "last"), "--out", str(tmp_path),
+                 "eval.linear=paper", "eval.encoder_bn=batch", "eval.epochs=2", "eval.batch_size=8"]) == 0
+    assert "encoder BatchNorm on batch statistics" in capsys.readouterr().out
+    assert 0 <= json.loads((tmp_path / "evaluation.json").read_text())["linear"]["top1"] <= 100

@@ -168,10 +168,13 @@ class EvalConfig(OptimConfig):
     ``linear=fast``: L-BFGS logistic regression on features of the un-augmented images (seconds).
     ``linear=paper``: the SimCLR papers' protocol, a linear layer trained on crop + flip views with
     the optimizer below; defaults as google-research/simclr's README for ImageNet (Nesterov momentum,
-    lr 0.1 x B/256, B=4096, 90 epochs, no warmup, weight decay 1e-6).
+    lr 0.1 x B/256, B=4096, 90 epochs, no warmup, weight decay 1e-6). ``encoder_bn=batch``: the encoder's
+    BatchNorm as the official code runs it there (batch statistics, moving statistics updated; ``frozen``:
+    eval mode).
     """
 
     linear: str = "fast"  # fast | paper
+    encoder_bn: str = "frozen"  # frozen | batch (paper protocol only)
     epochs: int = 90
     batch_size: int = 4096
     lr: float = 0.1
@@ -251,6 +254,8 @@ class Config:
         for f in self.label_fractions:
             _check(0 < f <= 1, f"label_fractions: {f} is not in (0, 1]")
         _check(self.eval.linear in ("fast", "paper"), f"eval.linear must be fast or paper (got {self.eval.linear!r})")
+        _check(self.eval.encoder_bn in ("frozen", "batch"),
+               f"eval.encoder_bn must be frozen or batch (got {self.eval.encoder_bn!r})")
         for name in ("pretrain", "finetune", "distill", "supervised", "eval"):
             s: OptimConfig = getattr(self, name)
             _check(s.epochs >= 0, f"{name}.epochs must be >= 0")

@@ -56,7 +56,7 @@ def frozen_eval(cfg: Config, pretrained: Path, splits: datasets.Splits, labeled_
     knn_seconds = feature_seconds + time.time() - knn_start
     lin_start = time.time()
     scores = linear_probe(cfg, encoder.forward_features, splits.train.subset(idx).images, train_labels, train_feats,
-                          val_feats, num_classes, device)
+                          val_feats, num_classes, device, encoder=encoder, val_images=splits.val.images)
     linear = {**topk_accuracy(scores, splits.val.labels), "protocol": cfg.eval.linear}
     warn_if_degenerate(scores, splits.val.labels, f"{100 * cfg.labels:g}% labels: linear")
     params = sum(p.numel() for p in encoder.parameters())

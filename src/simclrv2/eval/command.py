@@ -135,7 +135,7 @@ def run(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
         results["knn"] = topk_accuracy(scores, queries.labels)
         warn_if_degenerate(scores, queries.labels, "evaluate: kNN")
         scores = linear_probe(cfg, encoder.forward_features, splits.train.images, splits.train.labels, train_feats,
-                              val_feats, len(splits.classes), device)
+                              val_feats, len(splits.classes), device, encoder=encoder, val_images=queries.images)
         results["linear"] = {**topk_accuracy(scores, queries.labels), "protocol": cfg.eval.linear}
         warn_if_degenerate(scores, queries.labels, "evaluate: linear")
         results["linear_protocol"] = describe(cfg.eval)
