@@ -1,0 +1,86 @@
+"""Make the next batch's inputs on a background thread while the current batch trains.
+
+On a CPU the batched augmentation (and a streamed batch's assembly) would otherwise run between
+optimizer steps and add to every step's time; torch releases the GIL inside its ops, so a thread
+can make batch ``k + 1``'s views while batch ``k``'s forward and backward run.
+
+Exactly reproducible: batches are made one at a time, in the planned order, with the same random
+generators, so the views are identical to making them in the loop. A batch made ahead but not used
+(the run is interrupted) is undone by :meth:`Prefetcher.rewind`, which puts the generators back to
+their state before it, so a checkpoint written then resumes as if nothing had been made ahead.
+
+The code running on the thread is ``make`` itself: it must not import anything (import locks and
+lazily imported modules race with the main thread).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Generic, TypeVar
+
+import torch
+from torch import Tensor
+
+T = TypeVar("T")
+
+
+class Prefetcher(Generic[T]):
+    """``prefetcher(idx) -> make(idx)`` for the index batches announced by :meth:`plan`, each made on
+    a background thread while the previous one is in use (one batch ahead).
+
+    ``generators``: every random generator ``make`` draws from (restored by :meth:`rewind`). A batch
+    asked for out of the planned order is made in the calling thread, as without prefetching.
+    """
+
+    def __init__(self, make: Callable[[Tensor], T], generators: Sequence[torch.Generator] = ()) -> None:
+        self.make = make
+        self.generators = list(generators)
+        self._planned: list[Tensor] = []
+        self._next = 0
+        self._pending: tuple[Tensor, list[Tensor], Future] | None = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    def plan(self, batches: Sequence[Tensor]) -> None:
+        """Start making ``batches`` in this order (whatever was made ahead of an earlier plan is undone)."""
+        self.rewind()
+        self._planned, self._next = list(batches), 0
+        self._submit()
+
+    def _submit(self) -> None:
+        if self._next >= len(self._planned):
+            return
+        idx = self._planned[self._next]
+        self._next += 1
+        states = [g.get_state() for g in self.generators]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="simclrv2-prefetch")
+        self._pending = (idx, states, self._pool.submit(self.make, idx))
+
+    def __call__(self, idx: Tensor) -> T:
+        if self._pending is None or not torch.equal(self._pending[0], idx):
+            self.rewind()
+            return self.make(idx)
+        future = self._pending[2]
+        self._pending = None
+        out = future.result()  # an error raised while making the batch is raised here
+        self._submit()
+        return out
+
+    def rewind(self) -> None:
+        """Wait for the batch being made ahead, drop it and restore the generators to before it."""
+        if self._pending is None:
+            return
+        _, states, future = self._pending
+        self._pending = None
+        future.exception()  # waits; an error of a batch nobody asked for is dropped with it
+        for generator, state in zip(self.generators, states):
+            generator.set_state(state)
+        self._planned, self._next = [], 0
+
+    def close(self) -> None:
+        """Rewind and stop the thread."""
+        self.rewind()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None

@@ -1,0 +1,39 @@
+"""Pretraining without the kNN monitor never decodes the validation images (issue #21: training
+starts sooner and holds less), and trains on exactly the images it trained on before."""
+
+import torch
+
+from simclrv2.config import DataConfig
+from simclrv2.data import datasets
+from simclrv2.data.files import FileImages
+
+from conftest import write_image_folder
+
+DECODE = datasets.decode_file
+
+
+def _load(root, need_val, monkeypatch):
+    decoded = []
+    monkeypatch.setattr(datasets, "decode_file", lambda path, *a, **k: decoded.append(str(path)) or DECODE(path, *a, **k))
+    cfg = DataConfig(dataset="folder", path=str(root), image_size=12, val_fraction=0.2, stream="off")
+    return datasets.load(cfg, workers=1, need_val=need_val), decoded
+
+
+def test_held_out_images_are_listed_not_decoded(tmp_path, monkeypatch):
+    root = write_image_folder(tmp_path / "images")
+    full, decoded_all = _load(root, True, monkeypatch)
+    lazy, decoded = _load(root, False, monkeypatch)
+    assert len(decoded_all) == 30 and len(decoded) == len(full.train) == 24
+    assert not any(name in path for path in decoded for name in lazy.val.names)
+    assert isinstance(lazy.val.images, FileImages) and lazy.val.names == full.val.names
+    assert lazy.train.names == full.train.names and torch.equal(lazy.train.labels, full.train.labels)
+    assert torch.equal(lazy.train.images, full.train.images)
+    assert torch.equal(lazy.val.images[:], full.val.images)  # still readable, on demand
+
+
+def test_a_val_tree_is_listed_not_decoded(tmp_path, monkeypatch):
+    write_image_folder(tmp_path / "d" / "train", per_class=4)
+    write_image_folder(tmp_path / "d" / "val", per_class=2, seed=1)
+    lazy, decoded = _load(tmp_path / "d", False, monkeypatch)
+    assert len(decoded) == 12 and all("/train/" in p for p in decoded)
+    assert isinstance(lazy.val.images, FileImages) and len(lazy.val) == 6
