@@ -89,3 +89,11 @@ def test_pretraining_with_prefetch_equals_pretraining_without(tmp_path, monkeypa
     monkeypatch.setattr(pretrain, "Prefetcher", _Inline)
     inline = pretrain.run(cfg, tmp_path / "inline", show_progress=False)
     assert [r["loss"] for r in ahead["history"]] == [r["loss"] for r in inline["history"]]
+
+
+def test_the_background_thread_has_its_own_thread_count():
+    main = torch.get_num_threads()
+    ahead = Prefetcher(lambda idx: torch.get_num_threads(), threads=main + 1)
+    ahead.plan([torch.tensor([0])])
+    assert ahead(torch.tensor([0])) == main + 1 and torch.get_num_threads() == main
+    ahead.close()

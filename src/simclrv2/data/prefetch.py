@@ -31,11 +31,16 @@ class Prefetcher(Generic[T]):
 
     ``generators``: every random generator ``make`` draws from (restored by :meth:`rewind`). A batch
     asked for out of the planned order is made in the calling thread, as without prefetching.
+    ``threads``: torch intra-op threads of the background thread (its own OpenMP team; 1 by default,
+    so that it fills the gaps the training step leaves rather than competing with the step's threads
+    for every core); None leaves torch's setting.
     """
 
-    def __init__(self, make: Callable[[Tensor], T], generators: Sequence[torch.Generator] = ()) -> None:
+    def __init__(self, make: Callable[[Tensor], T], generators: Sequence[torch.Generator] = (),
+                 threads: int | None = 1) -> None:
         self.make = make
         self.generators = list(generators)
+        self.threads = threads
         self._planned: list[Tensor] = []
         self._next = 0
         self._pending: tuple[Tensor, list[Tensor], Future] | None = None
@@ -54,8 +59,18 @@ class Prefetcher(Generic[T]):
         self._next += 1
         states = [g.get_state() for g in self.generators]
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="simclrv2-prefetch")
+            self._pool = self._start_thread()
         self._pending = (idx, states, self._pool.submit(self.make, idx))
+
+    def _start_thread(self) -> ThreadPoolExecutor:
+        pool = ThreadPoolExecutor(1, thread_name_prefix="simclrv2-prefetch")
+        if self.threads is not None:
+            main = torch.get_num_threads()
+            # The count is per thread for OpenMP, but torch also keeps it as the default of threads started
+            # later: set it on the new thread, then put the default back from this one.
+            pool.submit(_set_threads, self.threads).result()
+            torch.set_num_threads(main)
+        return pool
 
     def __call__(self, idx: Tensor) -> T:
         if self._pending is None or not torch.equal(self._pending[0], idx):
@@ -84,3 +99,10 @@ class Prefetcher(Generic[T]):
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+
+
+def _set_threads(threads: int) -> None:
+    """This thread's torch intra-op threads (torch initialises a thread's count lazily, from the
+    process default, on first use: that happens first, so the count set here stays)."""
+    torch.get_num_threads()
+    torch.set_num_threads(threads)
