@@ -4,7 +4,9 @@ Each side trains with its own documented SimCLR recipe on the same image folder,
 thread budget and torch, each run a separate process, the sides alternating (A B A B ...):
 
   ours      ``simclrv2 pretrain --data DIR`` (the folder preset) at ``image_size``, ResNet-18 x1,
-            ``threads`` torch threads, ``knn_every=0``
+            ``threads`` torch threads, ``knn_every=0``: the images decoded once, up front
+  ours (streamed)  the same with ``data.stream=on``: ``threads`` DataLoader workers decode each
+            batch while the model trains (nothing decoded up front); with ``--ours stream``
   lightly   lightly's SimCLR example (docs: examples/pytorch/simclr.py): torchvision ResNet-18 without
             its classifier, ``SimCLRProjectionHead(512, 512, 128)``, ``SimCLRTransform(input_size)``,
             ``NTXentLoss()``, SGD lr 0.06, a DataLoader (shuffle, drop_last) over ``LightlyDataset``
@@ -161,16 +163,17 @@ def child_ours(args, out: Path) -> dict:
         return value
 
     stepper_module.Stepper.step = step
-    run_dir = out / f"ours-{args.seed}"
+    run_dir = out / f"{args.child}-{args.seed}"
     argv = ["pretrain", "--data", str(args.subset), "--out", str(run_dir), "--overwrite",
             f"image_size={args.image_size}", "model=resnet18", "width=1.0", "cifar_stem=false",
             f"batch_size={args.batch_size}", f"pretrain.epochs={args.epochs}", f"threads={args.threads}",
-            f"workers={args.threads}", "knn_every=0", f"seed={args.seed}", f"device={args.device}"]
+            f"workers={args.threads}", "knn_every=0", f"seed={args.seed}", f"device={args.device}",
+            f"data.stream={'on' if args.child == 'ours-stream' else 'auto'}"]
     code = cli.main(argv)
     if code:
         raise SystemExit(code)
     result = {"marks": clock.marks, "checkpoint": str(run_dir / "last")}
-    if args.ceiling_steps:
+    if args.ceiling_steps and args.child == "ours":
         result["ceiling"] = ceiling(args, torch)
     return result
 
@@ -305,13 +308,13 @@ def evaluate(runs: list[dict], subset: Path, image_size: int, threads: int) -> N
         return torch.cat(out)
 
     for run in runs:
-        if run["side"] == "ours":
+        if run["side"].startswith("ours"):
             net, _ = load_network(run["checkpoint"])
             fn, normalise = net.encoder.forward_features, False
         else:
             resnet = torchvision.models.resnet18()
             backbone = nn.Sequential(*list(resnet.children())[:-1])
-            backbone.load_state_dict(torch.load(run["checkpoint"]))
+            backbone.load_state_dict(torch.load(run["checkpoint"], map_location="cpu"))
             fn, normalise = backbone.eval(), True
         scores = knn_predict(features(fn, bank_x, normalise), bank_y, features(fn, query_x, normalise),
                              int(bank_y.max()) + 1, k=20, temperature=0.1)
@@ -351,7 +354,7 @@ def run_child(args, side: str, workers: int, seed: int) -> dict:
         raise SystemExit(f"peers.py: error: {len(marks)} steps is too few for --warmup {args.warmup}")
     (t0, c0), (t1, c1) = marks[first - 1], marks[-1]
     images = (len(marks) - first) * args.batch_size
-    name = side if side == "ours" else f"lightly ({workers} workers)"
+    name = {"ours": "ours", "ours-stream": "ours (streamed)"}.get(side, f"lightly ({workers} workers)")
     return {"side": side, "name": name, "workers": workers, "seed": seed, "steps": len(marks),
             "images_per_s": images / (t1 - t0), "images_per_cpu_s": images / max(c1 - c0, 1e-9),
             "launch_to_first_step_s": marks[0][0] - start, "wall_s": time.time() - start,
@@ -398,22 +401,24 @@ def summarise(runs: list[dict], args, gflops: float, gflop: float) -> dict:
                                                "peak_rss_main_gib", "peak_pss_tree_gib", "knn_top1")}
              | {"knn_top1_by_seed": {r["seed"]: r.get("knn_top1") for r in rows}}
              for name, rows in sides.items()}
-    ours = table.get("ours", {})
     ceilings = [r["ceiling"]["images_per_s"] for r in runs if "ceiling" in r]
-    lightly = [v for k, v in table.items() if k != "ours"]
+    ceiling_rate = sum(ceilings) / len(ceilings) if ceilings else None
+    lightly = [v for k, v in table.items() if not k.startswith("ours")]
     best = max(lightly, key=lambda v: v["images_per_s"]) if lightly else None
-    summary = {"ceiling_images_per_s": sum(ceilings) / len(ceilings) if ceilings else None}
-    if best and ours:
-        summary |= {
-            "ours_over_best_lightly_images_per_s": ours["images_per_s"] / best["images_per_s"],
-            "ours_over_ceiling": ours["images_per_s"] / summary["ceiling_images_per_s"] if ceilings else None,
-            "launch_ours_over_lightly": ours["launch_to_first_step_s"] / min(v["launch_to_first_step_s"]
-                                                                              for v in lightly),
-            "peak_rss_ours_over_lightly": ours["peak_rss_main_gib"] / min(v["peak_rss_main_gib"] for v in lightly),
+    summary: dict = {"ceiling_images_per_s": ceiling_rate, "matmul_gflops": gflops, "step_gflop": gflop,
+                     "ceiling_gflops_achieved": gflop * ceiling_rate / args.batch_size if ceilings else None}
+    for name, ours in table.items():
+        if not name.startswith("ours") or best is None:
+            continue
+        summary[name] = {
+            "over_best_lightly_images_per_s": ours["images_per_s"] / best["images_per_s"],
+            "over_ceiling": ours["images_per_s"] / ceiling_rate if ceilings else None,
+            "launch_over_fastest_lightly": ours["launch_to_first_step_s"] / min(v["launch_to_first_step_s"]
+                                                                                for v in lightly),
+            "peak_rss_main_over_lightly": ours["peak_rss_main_gib"] / min(v["peak_rss_main_gib"] for v in lightly),
+            "peak_pss_tree_over_lightly": ours["peak_pss_tree_gib"] / min(v["peak_pss_tree_gib"] for v in lightly),
+            "gflops_achieved": gflop * ours["images_per_s"] / args.batch_size,
         }
-    summary |= {"matmul_gflops": gflops, "step_gflop": gflop,
-                "ours_gflops_achieved": gflop * ours.get("images_per_s", 0) / args.batch_size if ours else None,
-                "ceiling_gflops_achieved": gflop * summary["ceiling_images_per_s"] / args.batch_size if ceilings else None}
     return {"table": table, "summary": summary}
 
 
@@ -444,12 +449,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=2, help="torch threads on both sides (and our decode workers)")
     p.add_argument("--lightly-workers", default="2", help="comma-separated DataLoader worker counts, e.g. 2,0")
+    p.add_argument("--ours", default="decoded,stream", help="our variants: decoded (once, up front), stream")
     p.add_argument("--ceiling-steps", type=int, default=3, help="model-only steps after each of our runs (0: none)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", type=Path)
     p.add_argument("--markdown", type=Path)
     # child side
-    p.add_argument("--child", choices=["ours", "lightly"], help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=["ours", "ours-stream", "lightly"], help=argparse.SUPPRESS)
     p.add_argument("--subset", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--workers", type=int, default=0, help=argparse.SUPPRESS)
@@ -457,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     if args.child:
-        result = (child_ours if args.child == "ours" else child_lightly)(args, args.work)
+        result = (child_lightly if args.child == "lightly" else child_ours)(args, args.work)
         args.result.write_text(json.dumps(result))
         return 0
 
@@ -479,7 +485,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.epochs} epochs, batch {args.batch_size}, {args.image_size} px, {args.threads} threads", flush=True)
     runs = []
     for seed in range(args.repeats):
-        for side, w in [("ours", args.threads)] + [("lightly", w) for w in workers]:
+        ours = [{"decoded": "ours", "stream": "ours-stream"}[v.strip()] for v in args.ours.split(",") if v.strip()]
+        for side, w in [(o, args.threads) for o in ours] + [("lightly", w) for w in workers]:
             r = run_child(args, side, w, seed)
             runs.append(r)
             print(f"  {r['name']:<22} seed {seed}: {r['images_per_s']:6.1f} img/s, {r['images_per_cpu_s']:5.1f} "

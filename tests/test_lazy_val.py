@@ -37,3 +37,17 @@ def test_a_val_tree_is_listed_not_decoded(tmp_path, monkeypatch):
     lazy, decoded = _load(tmp_path / "d", False, monkeypatch)
     assert len(decoded) == 12 and all("/train/" in p for p in decoded)
     assert isinstance(lazy.val.images, FileImages) and len(lazy.val) == 6
+
+
+def test_stacking_decoded_photos_releases_each_as_it_is_copied():
+    """decode_images keeps one copy of the photos at a time (issue #21: peak memory)."""
+    from simclrv2.data.ragged import RaggedImages
+
+    g = torch.Generator().manual_seed(0)
+    photos = [torch.randint(0, 256, (3, 5 + i, 9 - i), generator=g, dtype=torch.uint8) for i in range(4)]
+    plain = RaggedImages.stack(photos, 4)
+    handed = list(photos)
+    released = RaggedImages.stack(handed, 4, release=True)
+    assert handed == [None] * 4
+    assert torch.equal(released.data, plain.data) and torch.equal(released.offsets, plain.offsets)
+    assert all(torch.equal(released.image(i), photos[i]) for i in range(4))

@@ -367,6 +367,7 @@ def decode_images(files: list[Path], size: int, workers: int = 4, crop: str = "e
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(work, range(len(files)), chunksize=chunk))
     kept = [im for im in decoded if im is not None]
+    decoded.clear()  # kept holds the only references: RaggedImages.stack frees them as it copies
     if crop != "full" or all(im.shape[-2:] == (size, size) for im in kept):
         return (torch.stack(kept) if kept else torch.empty(0, 3, size, size, dtype=torch.uint8)), errors
-    return RaggedImages.stack(kept, size), errors
+    return RaggedImages.stack(kept, size, release=True), errors

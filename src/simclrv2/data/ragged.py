@@ -29,11 +29,20 @@ class RaggedImages:
         self.size = size
 
     @classmethod
-    def stack(cls, images: Sequence[Tensor], size: int) -> "RaggedImages":
-        """From a list of uint8 ``[3, h, w]`` tensors (copied into one buffer)."""
+    def stack(cls, images: Sequence[Tensor], size: int, release: bool = False) -> "RaggedImages":
+        """From a list of uint8 ``[3, h, w]`` tensors (copied into one buffer). ``release``: each list
+        entry is set to None once copied, so a list holding the only references is freed as the
+        buffer fills (peak memory about one copy of the images, not two)."""
         sizes = torch.tensor([list(im.shape[-2:]) for im in images], dtype=torch.long).reshape(-1, 2)
-        data = torch.cat([im.reshape(-1) for im in images]) if images else torch.empty(0, dtype=torch.uint8)
-        return cls(data, sizes, size)
+        if not release:
+            data = torch.cat([im.reshape(-1) for im in images]) if images else torch.empty(0, dtype=torch.uint8)
+            return cls(data, sizes, size)
+        out = cls(torch.empty(int((3 * sizes[:, 0] * sizes[:, 1]).sum()), dtype=torch.uint8,
+                              device=images[0].device if images else "cpu"), sizes, size)
+        for i in range(len(images)):
+            out.image(i).copy_(images[i])
+            images[i] = None  # type: ignore[index]
+        return out
 
     def __len__(self) -> int:
         return self.sizes.shape[0]
