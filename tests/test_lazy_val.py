@@ -47,7 +47,7 @@ def test_stacking_decoded_photos_releases_each_as_it_is_copied():
     photos = [torch.randint(0, 256, (3, 5 + i, 9 - i), generator=g, dtype=torch.uint8) for i in range(4)]
     plain = RaggedImages.stack(photos, 4)
     handed = list(photos)
-    released = RaggedImages.stack(handed, 4, release=True)
+    released = RaggedImages.stack(handed, 4, release=True, chunk=3)
     assert handed == [None] * 4
     assert torch.equal(released.data, plain.data) and torch.equal(released.offsets, plain.offsets)
     assert all(torch.equal(released.image(i), photos[i]) for i in range(4))
