@@ -428,8 +428,8 @@ def markdown(result: dict) -> str:
     for name, v in result["table"].items():
         seeds = ", ".join(f"{s}: {a:.1f}" for s, a in v["knn_top1_by_seed"].items() if a is not None)
         rows.append(f"| {name} | {v['images_per_s']:.1f} | {v['images_per_cpu_s']:.1f} | "
-                    f"{v['launch_to_first_step_s']:.1f} | {v['peak_rss_main_gib']:.2f} | {v['peak_pss_tree_gib']:.2f} | "
-                    f"{seeds} |")
+                    f"{v['launch_to_first_step_s']:.1f} | {v['peak_rss_main_gib']:.2f} | "
+                    f"{v['peak_pss_tree_gib']:.2f} | {seeds} |")
     s = result["summary"]
     if s.get("ceiling_images_per_s"):
         rows.append(f"| ours, model only (ceiling) | {s['ceiling_images_per_s']:.1f} | | | | | |")

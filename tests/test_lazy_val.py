@@ -14,7 +14,8 @@ DECODE = datasets.decode_file
 
 def _load(root, need_val, monkeypatch):
     decoded = []
-    monkeypatch.setattr(datasets, "decode_file", lambda path, *a, **k: decoded.append(str(path)) or DECODE(path, *a, **k))
+    monkeypatch.setattr(datasets, "decode_file",
+                        lambda path, *a, **k: decoded.append(str(path)) or DECODE(path, *a, **k))
     cfg = DataConfig(dataset="folder", path=str(root), image_size=12, val_fraction=0.2, stream="off")
     return datasets.load(cfg, workers=1, need_val=need_val), decoded
 
