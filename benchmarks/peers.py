@@ -439,7 +439,7 @@ def markdown(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, help="an ImageFolder tree (class folders), e.g. imagenette2-160/train")
-    p.add_argument("--work", type=Path, default=Path("/tmp/simclrv2-peers"), help="scratch folder (replaced)")
+    p.add_argument("--work", type=Path, default=Path("/tmp/simclrv2-peers"), help="scratch folder (its subset/ and run files are replaced)")
     p.add_argument("--repeats", type=int, default=2, help="runs per side, alternating; seed = repeat index")
     p.add_argument("--train-per-class", type=int, default=128)
     p.add_argument("--val-per-class", type=int, default=50)
@@ -475,9 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error('lightly is not installed: pip install -e ".[peers]"')
     import torch
 
-    if args.work.exists():
-        shutil.rmtree(args.work)
-    args.work.mkdir(parents=True)
+    args.work.mkdir(parents=True, exist_ok=True)  # its subset/ is replaced, the runs' files overwritten
     args.subset = subset_folder(args.data, args.work, args.train_per_class, args.val_per_class)
     workers = [int(w) for w in args.lightly_workers.split(",") if w.strip()]
     print(f"peers: torch {torch.__version__}, lightly {lightly.__version__}, {platform.machine()}, "
