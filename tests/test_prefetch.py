@@ -94,6 +94,7 @@ def test_pretraining_with_prefetch_equals_pretraining_without(tmp_path, monkeypa
 def test_the_background_thread_has_its_own_thread_count():
     main = torch.get_num_threads()
     ahead = Prefetcher(lambda idx: torch.get_num_threads(), threads=main + 1)
-    ahead.plan([torch.tensor([0])])
-    assert ahead(torch.tensor([0])) == main + 1 and torch.get_num_threads() == main
+    ahead.plan([torch.tensor([0]), torch.tensor([1])])
+    assert ahead(torch.tensor([0])) == main  # a plan's first batch: made by the caller, nothing runs beside it
+    assert ahead(torch.tensor([1])) == main + 1 and torch.get_num_threads() == main
     ahead.close()

@@ -47,10 +47,11 @@ class Prefetcher(Generic[T]):
         self._pool: ThreadPoolExecutor | None = None
 
     def plan(self, batches: Sequence[Tensor]) -> None:
-        """Start making ``batches`` in this order (whatever was made ahead of an earlier plan is undone)."""
+        """Make ``batches`` in this order (whatever was made ahead of an earlier plan is undone). The
+        first is made by the first call, in the calling thread with all its torch threads: nothing
+        would run beside it, and the first step of a run comes sooner."""
         self.rewind()
         self._planned, self._next = list(batches), 0
-        self._submit()
 
     def _submit(self) -> None:
         if self._next >= len(self._planned):
@@ -73,12 +74,17 @@ class Prefetcher(Generic[T]):
         return pool
 
     def __call__(self, idx: Tensor) -> T:
-        if self._pending is None or not torch.equal(self._pending[0], idx):
-            self.rewind()
-            return self.make(idx)
-        future = self._pending[2]
-        self._pending = None
-        out = future.result()  # an error raised while making the batch is raised here
+        if self._pending is not None and torch.equal(self._pending[0], idx):
+            future = self._pending[2]
+            self._pending = None
+            out = future.result()  # an error raised while making the batch is raised here
+        else:
+            self.rewind()  # a batch made ahead for another index is undone (and the plan dropped)
+            if self._next < len(self._planned) and torch.equal(self._planned[self._next], idx):
+                self._next += 1  # the first batch of a plan
+            else:
+                self._planned, self._next = [], 0  # not planned: made here, nothing ahead
+            out = self.make(idx)
         self._submit()
         return out
 
