@@ -15,8 +15,8 @@ thread budget and torch, each run a separate process, the sides alternating (A B
 
 Per run: launch to the first optimizer step (from the moment the process is started), steady-state
 images/s over steps ``--warmup + 1`` to the last, images per CPU-second over the same steps (the
-CPU time of the whole process tree, DataLoader workers included), peak RSS of the main process and
-peak PSS of the whole tree (sampled every 0.2 s). In the ``ours`` runs the model-only ceiling is
+CPU time of the whole process tree, DataLoader workers included), peak RSS of the main process (its
+VmHWM when training ends) and peak PSS of the whole tree (sampled every 0.2 s until training ends). In the ``ours`` runs the model-only ceiling is
 measured after training: forward + backward + LARS step of the same network on views made once.
 
 Accuracy: every run trains ``--epochs`` epochs on the same training subset; then ONE evaluator (this
@@ -123,6 +123,12 @@ class StepClock:
     def mark(self) -> None:
         self.marks.append((time.time(), cpu_seconds(os.getpid())))
 
+    def done(self) -> dict:
+        """What the parent needs once training is over: the step marks, when training ended and the
+        main process's peak RSS so far (VmHWM; anything measured later, the ceiling, is not counted)."""
+        return {"marks": self.marks, "train_end": time.time(),
+                "peak_rss_main_gib": _kib(f"/proc/{os.getpid()}/status", "VmHWM:") / 2 ** 20}
+
 
 # ----------------------------------------------------------------------------- the data
 
@@ -172,7 +178,7 @@ def child_ours(args, out: Path) -> dict:
     code = cli.main(argv)
     if code:
         raise SystemExit(code)
-    result = {"marks": clock.marks, "checkpoint": str(run_dir / "last")}
+    result = {**clock.done(), "checkpoint": str(run_dir / "last")}
     if args.ceiling_steps and args.child == "ours":
         result["ceiling"] = ceiling(args, torch)
     return result
@@ -271,7 +277,7 @@ def child_lightly(args, out: Path) -> dict:
             clock.mark()
     weights = out / f"lightly-w{args.workers}-{args.seed}.pt"
     torch.save(backbone.state_dict(), weights)
-    return {"marks": clock.marks, "checkpoint": str(weights)}
+    return {**clock.done(), "checkpoint": str(weights)}
 
 
 # ----------------------------------------------------------------------------- the one evaluator
@@ -326,6 +332,7 @@ def evaluate(runs: list[dict], subset: Path, image_size: int, threads: int) -> N
 def run_child(args, side: str, workers: int, seed: int) -> dict:
     """Start one side in its own process, sample its memory, return its measurements."""
     result_file = args.work / f"{side}-w{workers}-{seed}.json"
+    shutil.rmtree(args.work / f"{side}-{seed}", ignore_errors=True)  # a run left there would be resumed
     cmd = [sys.executable, str(HERE), "--child", side, "--subset", str(args.subset), "--work", str(args.work),
            "--seed", str(seed), "--workers", str(workers), "--threads", str(args.threads),
            "--image-size", str(args.image_size), "--batch-size", str(args.batch_size), "--epochs", str(args.epochs),
@@ -334,14 +341,13 @@ def run_child(args, side: str, workers: int, seed: int) -> dict:
     load_before = loadavg()
     start = time.time()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak_rss = peak_pss = 0.0
+    samples: list[tuple[float, float, float]] = []  # (time, RSS of the main process, PSS of the tree)
     lines: list[str] = []
 
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
     while proc.poll() is None:
-        rss, pss = memory(proc.pid)
-        peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+        samples.append((time.time(), *memory(proc.pid)))
         time.sleep(0.2)
     reader.join(5)
     if proc.returncode:
@@ -349,6 +355,10 @@ def run_child(args, side: str, workers: int, seed: int) -> dict:
         raise SystemExit(f"peers.py: error: the {side} run (seed {seed}) failed with exit code {proc.returncode}")
     child = json.loads(result_file.read_text())
     marks = child.pop("marks")
+    train_end = child.pop("train_end")
+    training = [m for m in samples if m[0] <= train_end] or samples[:1]
+    peak_pss = max((m[2] for m in training), default=0.0)  # while training (the ceiling comes after)
+    peak_rss = max(child.pop("peak_rss_main_gib"), max((m[1] for m in training), default=0.0))
     first = args.warmup  # steps 1..warmup are warm-up; steady state from the end of step `warmup`
     if len(marks) <= first + 1:
         raise SystemExit(f"peers.py: error: {len(marks)} steps is too few for --warmup {args.warmup}")
