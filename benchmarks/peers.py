@@ -16,8 +16,10 @@ thread budget and torch, each run a separate process, the sides alternating (A B
 Per run: launch to the first optimizer step (from the moment the process is started), steady-state
 images/s over steps ``--warmup + 1`` to the last, images per CPU-second over the same steps (the
 CPU time of the whole process tree, DataLoader workers included), peak RSS of the main process (its
-VmHWM when training ends) and peak PSS of the whole tree (sampled every 0.2 s until training ends). In the ``ours`` runs the model-only ceiling is
-measured after training: forward + backward + LARS step of the same network on views made once.
+VmHWM when training ends) and peak PSS of the whole tree (sampled every 0.2 s until training ends).
+In the ``ours`` runs the model-only ceiling is measured after training: forward + backward + LARS
+step of the same network on views made once. ``--ours plain`` adds our decoded run with the views
+made in the loop between steps (no prefetch thread), to see what the thread gains.
 
 Accuracy: every run trains ``--epochs`` epochs on the same training subset; then ONE evaluator (this
 process) takes each run's encoder, computes features of the same images with the same evaluation
@@ -169,6 +171,23 @@ def child_ours(args, out: Path) -> dict:
         return value
 
     stepper_module.Stepper.step = step
+    if args.child == "ours-plain":  # the views made in the loop, between steps (as before the prefetch thread)
+        from simclrv2.train import pretrain
+
+        class Inline:
+            def __init__(self, make, generators=()):
+                self.make = make
+
+            def plan(self, batches):
+                pass
+
+            def __call__(self, idx):
+                return self.make(idx)
+
+            def close(self):
+                pass
+
+        pretrain.Prefetcher = Inline
     run_dir = out / f"{args.child}-{args.seed}"
     argv = ["pretrain", "--data", str(args.subset), "--out", str(run_dir), "--overwrite",
             f"image_size={args.image_size}", "model=resnet18", "width=1.0", "cifar_stem=false",
@@ -364,7 +383,8 @@ def run_child(args, side: str, workers: int, seed: int) -> dict:
         raise SystemExit(f"peers.py: error: {len(marks)} steps is too few for --warmup {args.warmup}")
     (t0, c0), (t1, c1) = marks[first - 1], marks[-1]
     images = (len(marks) - first) * args.batch_size
-    name = {"ours": "ours", "ours-stream": "ours (streamed)"}.get(side, f"lightly ({workers} workers)")
+    name = {"ours": "ours", "ours-stream": "ours (streamed)", "ours-plain": "ours (no prefetch)"}.get(
+        side, f"lightly ({workers} workers)")
     return {"side": side, "name": name, "workers": workers, "seed": seed, "steps": len(marks),
             "images_per_s": images / (t1 - t0), "images_per_cpu_s": images / max(c1 - c0, 1e-9),
             "launch_to_first_step_s": marks[0][0] - start, "wall_s": time.time() - start,
@@ -449,7 +469,8 @@ def markdown(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, help="an ImageFolder tree (class folders), e.g. imagenette2-160/train")
-    p.add_argument("--work", type=Path, default=Path("/tmp/simclrv2-peers"), help="scratch folder (its subset/ and run files are replaced)")
+    p.add_argument("--work", type=Path, default=Path("/tmp/simclrv2-peers"),
+                   help="scratch folder (its subset/ and run files are replaced)")
     p.add_argument("--repeats", type=int, default=2, help="runs per side, alternating; seed = repeat index")
     p.add_argument("--train-per-class", type=int, default=128)
     p.add_argument("--val-per-class", type=int, default=50)
@@ -459,13 +480,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=2, help="torch threads on both sides (and our decode workers)")
     p.add_argument("--lightly-workers", default="2", help="comma-separated DataLoader worker counts, e.g. 2,0")
-    p.add_argument("--ours", default="decoded,stream", help="our variants: decoded (once, up front), stream")
+    p.add_argument("--ours", default="decoded,stream",
+                   help="our variants: decoded (once, up front), stream, plain (decoded, views made between steps)")
     p.add_argument("--ceiling-steps", type=int, default=3, help="model-only steps after each of our runs (0: none)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", type=Path)
     p.add_argument("--markdown", type=Path)
     # child side
-    p.add_argument("--child", choices=["ours", "ours-stream", "lightly"], help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=["ours", "ours-stream", "ours-plain", "lightly"], help=argparse.SUPPRESS)
     p.add_argument("--subset", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--workers", type=int, default=0, help=argparse.SUPPRESS)
@@ -493,7 +515,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.epochs} epochs, batch {args.batch_size}, {args.image_size} px, {args.threads} threads", flush=True)
     runs = []
     for seed in range(args.repeats):
-        ours = [{"decoded": "ours", "stream": "ours-stream"}[v.strip()] for v in args.ours.split(",") if v.strip()]
+        ours = [{"decoded": "ours", "stream": "ours-stream", "plain": "ours-plain"}[v.strip()]
+                for v in args.ours.split(",") if v.strip()]
         for side, w in [(o, args.threads) for o in ours] + [("lightly", w) for w in workers]:
             r = run_child(args, side, w, seed)
             runs.append(r)
