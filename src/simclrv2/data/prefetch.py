@@ -27,7 +27,8 @@ T = TypeVar("T")
 
 class Prefetcher(Generic[T]):
     """``prefetcher(idx) -> make(idx)`` for the index batches announced by :meth:`plan`, each made on
-    a background thread while the previous one is in use (one batch ahead).
+    a background thread while the previous one is in use (one batch ahead; a plan's first batch is
+    made by its caller).
 
     ``generators``: every random generator ``make`` draws from (restored by :meth:`rewind`). A batch
     asked for out of the planned order is made in the calling thread, as without prefetching.
