@@ -89,7 +89,7 @@ def run(cfg: Config, out_dir: str | Path, splits: datasets.Splits | None = None,
 
     # On a CPU the next batch's views are made on a thread while this one trains (identical views).
     prefetch = Prefetcher(make_views, [views.generator]) if rt.device.type == "cpu" and \
-        cfg.aug.backend == "batched" else None
+        isinstance(views, ViewMaker) and views.backend == "batched" else None
     if prefetch is not None:
         stage.feeds.append(prefetch)
 
