@@ -8,10 +8,11 @@
 #
 # Imagenette (steps 4-5, only when its archive is in .data/): IMAGENETTE_SECONDS (default 300) for
 # the 128-px semi-supervised run, IMAGENETTE_EPOCHS (default 100) pretraining epochs, and a
-# throughput run on the photos (crops from the whole image: streamed + on-device vs PIL in workers).
+# throughput run on the photos (crops from the whole image: streamed + on-device vs PIL in workers);
+# then (step 6, PEERS_SECONDS, default 240) benchmarks/peers.py: ours vs lightly with 16 workers.
 #
 # Each step has its own time limit, so a slow step cannot eat the next one's time; the CIFAR run's
-# per-epoch metrics are copied out even when its limit stops it. OUTDIR gets at most 11 files.
+# per-epoch metrics are copied out even when its limit stops it. OUTDIR gets at most 14 files.
 set -uo pipefail
 out=${1:?usage: gpu_session.sh OUTDIR [CIFAR_SECONDS]}
 cifar_seconds=${2:-420}
@@ -59,5 +60,9 @@ if [ -f "$nette_archive" ]; then
     --out "$run/imagenette-gpu" --json "$out/imagenette-gpu.json" device="$device" pretrain.epochs="$nette_epochs" \
     2>"$run/imagenette-gpu.stderr" | tee "$out/imagenette-gpu.log"
   tr '\r' '\n' <"$run/imagenette-gpu.stderr" | grep -v '^\s*$' | tail -n 40 >>"$out/imagenette-gpu.log"
+  # 6. side by side with lightly's SimCLR example (16 DataLoader workers), when lightly is installed
+  timeout "${PEERS_SECONDS:-240}" $python benchmarks/peers.py --data "$nette/train" --device "$device" --work "$run/peers" \
+    --lightly-workers 16 --threads 16 --ours decoded --image-size 128 --batch-size 256 --train-per-class 256 \
+    --repeats 1 --json "$out/peers-gpu.json" --markdown "$out/peers-gpu.md" 2>&1 | tee "$out/peers-gpu.log"
 fi
 ls -la "$out"

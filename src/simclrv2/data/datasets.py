@@ -77,8 +77,11 @@ class Splits:
         raise DataError("the labeled and unlabeled images are stored differently; set data.stream=on or off")
 
 
-def load(cfg: DataConfig, workers: int = 4) -> Splits:
-    """Load the dataset ``cfg.dataset`` resized to ``cfg.image_size``."""
+def load(cfg: DataConfig, workers: int = 4, need_val: bool = True) -> Splits:
+    """Load the dataset ``cfg.dataset`` resized to ``cfg.image_size``.
+
+    ``need_val=False`` (nothing of the run reads the validation images): an image folder's
+    validation split is listed but not decoded (left as :class:`FileImages`)."""
     name = cfg.dataset
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
@@ -89,7 +92,7 @@ def load(cfg: DataConfig, workers: int = 4) -> Splits:
     elif name == "stl10":
         splits = _stl10(cfg)
     else:
-        splits = _folder(cfg, workers)
+        splits = _folder(cfg, workers, need_val)
     for part in (splits.train, splits.val, splits.unlabeled):
         if part is not None and isinstance(part.images, Tensor) and part.images.shape[-1] != cfg.image_size:
             part.images = resize_uint8(part.images, cfg.image_size)
@@ -195,7 +198,7 @@ def list_images(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
-def _folder(cfg: DataConfig, workers: int) -> Splits:
+def _folder(cfg: DataConfig, workers: int, need_val: bool = True) -> Splits:
     """An ImageFolder tree (``root/<class>/<image>``), or ``root/train`` + ``root/val`` trees, or a
     flat folder of unlabeled images. Without a ``val`` tree, the last ``val_fraction`` of each
     class's files in sorted order is held out (CIFAR-10 JPEG: files 4500..4999 of each class)."""
@@ -206,8 +209,19 @@ def _folder(cfg: DataConfig, workers: int) -> Splits:
         train = _read_tree(root / "train", cfg, workers)
         val_dir = next((root / d for d in ("val", "validation", "test") if (root / d).is_dir()), None)
         if val_dir is not None:
-            val = _read_tree(val_dir, cfg, workers, classes=train.classes)
+            val = _read_tree(val_dir, cfg, workers, classes=train.classes, decode=need_val)
             return Splits(train, val)
+    elif not need_val and cfg.stream != "on":  # split the file list, decode the training part only
+        listed = _read_tree(root, cfg, workers, decode=False)
+        if not listed.classes:
+            train = _decoded(listed, root, cfg, workers)
+            empty = train.subset([])
+            empty.classes = []
+            return Splits(empty, None, train)
+        order = np.argsort(np.array(listed.names), kind="stable")
+        train_idx, val_idx = _split_by_class(listed.labels.numpy(), cfg.val_fraction, order)
+        return Splits(_decoded(listed.subset(train_idx.tolist()), root, cfg, workers),
+                      listed.subset(val_idx.tolist()))
     else:
         train = _read_tree(root, cfg, workers)
     if not train.classes:
@@ -220,7 +234,10 @@ def _folder(cfg: DataConfig, workers: int) -> Splits:
     return Splits(train.subset(train_idx.tolist()), train.subset(val_idx.tolist()) if len(val_idx) else None)
 
 
-def _read_tree(root: Path, cfg: DataConfig, workers: int, classes: list[str] | None = None) -> ImageSet:
+def _read_tree(root: Path, cfg: DataConfig, workers: int, classes: list[str] | None = None, decode: bool = True
+               ) -> ImageSet:
+    """The images of a tree, decoded or streamed as ``cfg`` says (``decode=False``: only listed, as
+    :class:`FileImages`)."""
     class_dirs = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     files = list_images(root)
     if not files:
@@ -236,13 +253,29 @@ def _read_tree(root: Path, cfg: DataConfig, workers: int, classes: list[str] | N
             labels.append(index[top])
     else:
         classes, labels = [], [-1] * len(files)
-    if should_stream(cfg, files):
-        log.info("streaming %d images from %s (kept in memory they would take about %.1f GB)", len(files), root,
-                 kept_bytes(cfg, files) / 2 ** 30)
+    if not decode or should_stream(cfg, files):
+        if decode:
+            log.info("streaming %d images from %s (kept in memory they would take about %.1f GB)", len(files),
+                     root, kept_bytes(cfg, files) / 2 ** 30)
         images = FileImages(files, cfg.image_size, cfg.cache_size or None, cfg.strict, workers, cfg.crop,
                             cfg.max_pixels)
         return ImageSet(images, torch.tensor(labels, dtype=torch.long), [str(f.relative_to(root)) for f in files],
                         classes)
+    return _decode_files(files, labels, classes, root, cfg, workers)
+
+
+def _decoded(listed: ImageSet, root: Path, cfg: DataConfig, workers: int) -> ImageSet:
+    """A listed (not yet decoded) image set as :func:`_read_tree` would have made it from its files."""
+    files = [Path(f) for f in listed.images.files]
+    if should_stream(cfg, files):
+        log.info("streaming %d images from %s (kept in memory they would take about %.1f GB)", len(files), root,
+                 kept_bytes(cfg, files) / 2 ** 30)
+        return listed
+    return _decode_files(files, listed.labels.tolist(), listed.classes, root, cfg, workers)
+
+
+def _decode_files(files: list[Path], labels: list[int], classes: list[str], root: Path, cfg: DataConfig,
+                  workers: int) -> ImageSet:
     images, errors = decode_images(files, cfg.image_size, workers, cfg.crop, cfg.cache_size or None, cfg.max_pixels)
     bad = [e for e in errors if e is not None]
     if bad:
@@ -341,7 +374,8 @@ def decode_images(files: list[Path | Tensor], size: int, workers: int = 4, crop:
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(work, range(len(files)), chunksize=chunk))
     kept = [im for im in decoded if im is not None]
+    decoded.clear()  # kept holds the only references: RaggedImages.stack frees them as it copies
     if crop != "full" or all(im.shape[-2:] == (size, size) for im in kept):
         empty = torch.empty(0, 3, size, size, dtype=torch.float32 if crop == "eval" else torch.uint8)
         return (torch.stack(kept) if kept else empty), errors
-    return RaggedImages.stack(kept, size), errors
+    return RaggedImages.stack(kept, size, release=True), errors

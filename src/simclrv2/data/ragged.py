@@ -29,11 +29,23 @@ class RaggedImages:
         self.size = size
 
     @classmethod
-    def stack(cls, images: Sequence[Tensor], size: int) -> "RaggedImages":
-        """From a list of uint8 ``[3, h, w]`` tensors (copied into one buffer)."""
+    def stack(cls, images: Sequence[Tensor], size: int, release: bool = False, chunk: int = 256) -> "RaggedImages":
+        """From a list of uint8 ``[3, h, w]`` tensors (copied into one buffer). ``release``: each list
+        entry is set to None once copied, so a list holding the only references is freed as the
+        buffer fills (peak memory about one copy of the images, not two)."""
         sizes = torch.tensor([list(im.shape[-2:]) for im in images], dtype=torch.long).reshape(-1, 2)
-        data = torch.cat([im.reshape(-1) for im in images]) if images else torch.empty(0, dtype=torch.uint8)
-        return cls(data, sizes, size)
+        if not release:
+            data = torch.cat([im.reshape(-1) for im in images]) if images else torch.empty(0, dtype=torch.uint8)
+            return cls(data, sizes, size)
+        out = cls(torch.empty(int((3 * sizes[:, 0] * sizes[:, 1]).sum()), dtype=torch.uint8,
+                              device=images[0].device if images else "cpu"), sizes, size)
+        ends = (out.offsets + 3 * sizes[:, 0] * sizes[:, 1]).tolist()
+        starts = out.offsets.tolist()
+        for a in range(0, len(images), chunk):  # one copy per chunk: per-image copies cost a parallel region each
+            b = min(a + chunk, len(images))
+            torch.cat([im.reshape(-1) for im in images[a:b]], out=out.data[starts[a]:ends[b - 1]])
+            images[a:b] = [None] * (b - a)  # type: ignore[list-item]
+        return out
 
     def __len__(self) -> int:
         return self.sizes.shape[0]

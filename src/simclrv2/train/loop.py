@@ -215,6 +215,8 @@ def fit(stage: Stage, loss_of: Callable[[Tensor], Tensor], evaluate: Callable[[i
                 bar.step(len(batches[i]), loss=f"{loss_sum / (i + 1):.3f}", lr=f"{lr:.3g}")
                 if stop.signal is not None:
                     bar.close()
+                    for feed in stage.feeds:  # undo a batch made ahead (its random draws) before saving
+                        getattr(feed, "rewind", lambda: None)()
                     if stage.is_main:
                         checkpoint.save(stage.out / "last", stage.net,
                                         {**stage.meta, "epoch": epoch, "interrupted": True},

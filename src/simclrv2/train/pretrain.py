@@ -12,6 +12,7 @@ import torch
 from simclrv2.config import Config
 from simclrv2.data import datasets
 from simclrv2.data.feed import BatchFeed
+from simclrv2.data.prefetch import Prefetcher
 from simclrv2.data.views import ViewMaker
 from simclrv2.core.knn import knn_predict
 from simclrv2.losses import nt_xent
@@ -69,7 +70,7 @@ def run(cfg: Config, out_dir: str | Path, splits: datasets.Splits | None = None,
     rt = start(cfg)
     run_dir = open_run(out_dir, cfg, "pretrain", overwrite, resume, rt.world.is_main)
     out = run_dir.path
-    splits = splits or datasets.load(cfg.data, cfg.workers)
+    splits = splits or datasets.load(cfg.data, cfg.workers, need_val=cfg.pretrain.knn_every > 0)
     images = BatchFeed(splits.pretrain_images(), rt.device, cfg.data.on_device, cfg.workers, cfg.data.decode)
     n = len(images)
     s = cfg.pretrain
@@ -97,9 +98,18 @@ def run(cfg: Config, out_dir: str | Path, splits: datasets.Splits | None = None,
                   shard=distributed.shard(rt.world), feeds=[images])
     offset = rt.world.rank * local
 
-    def loss_of(idx: torch.Tensor) -> torch.Tensor:
+    def make_views(idx: torch.Tensor) -> torch.Tensor:
         x = images(idx)
-        both = torch.cat([views(x), views(x)])
+        return torch.cat([views(x), views(x)])
+
+    # On a CPU the next batch's views are made on a thread while this one trains (identical views).
+    prefetch = Prefetcher(make_views, [views.generator]) if rt.device.type == "cpu" and \
+        isinstance(views, ViewMaker) and views.backend == "batched" else None
+    if prefetch is not None:
+        stage.feeds.append(prefetch)
+
+    def loss_of(idx: torch.Tensor) -> torch.Tensor:
+        both = (prefetch or make_views)(idx)
         with autocast(rt.device, cfg.amp):
             z = model(both)
         za, zb = z[:local], z[local:]
@@ -128,6 +138,10 @@ def run(cfg: Config, out_dir: str | Path, splits: datasets.Splits | None = None,
         return {f"knn_{k}": v for k, v in knn.items()} if knn else {}
 
     # the data, config and checkpoint are valid: only then is the directory created or replaced
-    result = fit(stage, loss_of, evaluate, resume=run_dir.resume, show_progress=show_progress,
-                 after_step=after_step, commit=run_dir.commit)
+    try:
+        result = fit(stage, loss_of, evaluate, resume=run_dir.resume, show_progress=show_progress,
+                     after_step=after_step, commit=run_dir.commit)
+    finally:
+        if prefetch is not None:
+            prefetch.close()
     return {**result, "checkpoint": str(out / "last"), "params": count_params(net)}
