@@ -103,9 +103,10 @@ def quickstart_seed0() -> str:
             f"exactly on the same machine (one thread; other CPUs or torch versions may differ in the last digits). "
             f"Pretraining raises kNN accuracy with all training labels to {min(knn):.1f}–{max(knn):.1f}% (seed 0: "
             f"{run['pretrain_knn_top1']:.1f}%), from {extra['random_init_knn_top1']:.1f}% for the randomly "
-            f"initialised encoder (`{extra['random_init_command']}`). One run takes "
-            f"{min(walls):.0f}–{max(walls):.0f} "
-            f"s; on a fresh clone with a new virtual environment the first Quickstart command took "
+            f"initialised encoder (`{extra['random_init_command']}`). Alone on the idle machine the Quickstart "
+            f"command (seed 0) took {extra['idle_run']['seconds']:.0f} s ({extra['idle_run']['date']}); the seed "
+            f"runs above took {min(walls):.0f}–{max(walls):.0f} s each, {summary.get('jobs', 1)} at a time beside "
+            f"other work; on a fresh clone (2026-11-29) with a new virtual environment the first Quickstart command took "
             f"{clone['pipeline_seconds']:.0f} s in all (installing torch included), the second "
             f"{clone['tests_seconds']:.0f} s (installing the test extra, TensorFlow included, and "
             f"{clone['tests']} tests).")
@@ -114,6 +115,7 @@ def quickstart_seed0() -> str:
 def label_seeds() -> str:
     """Why kNN beats fine-tuning at 1%: ``digits_label_seeds.py`` and the Quickstart's ranges."""
     summary, variants = load("quickstart-seeds.json"), load("digits-label-seeds-variants.json")
+    extra = load("quickstart-extra.json")
     cells = summary["cells"]
     low, high = sorted(cells, key=float)[0], sorted(cells, key=float)[-1]
     moves = [cells[low][s]["max"] - cells[low][s]["min"] for s in STAGES[1:] if s in cells[low]]
@@ -135,7 +137,8 @@ def label_seeds() -> str:
             f"Why the frozen kNN probe beats fine-tuning at {100 * float(low):g}%: one labeled image per class. The "
             f"choice of the {images} images moves every method by {min(moves):.0f}–{max(moves):.0f} points "
             f"(the ranges above), more than the methods differ. On one pretrained encoder with the same images per "
-            f"seed (`benchmarks/digits_label_seeds.py`), kNN beat fine-tuning's last epoch in {knn_wins} of "
+            f"seed (`benchmarks/digits_label_seeds.py`, measured {extra['label_seeds_measured']} with the recipe of "
+            f"then), kNN beat fine-tuning's last epoch in {knn_wins} of "
             f"{len(default)} seeds, and every way of letting fine-tuning move the encoder more was worse still: SGD "
             f"instead of LARS, 30 SGD epochs, or 10x LARS's learning rate gave means of {mean('sgd')}, "
             f"{mean('sgd.epochs=30')} and {mean('finetune.lr=0.1')}% against {mean('default')}% for the preset and "
