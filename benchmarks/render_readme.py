@@ -231,10 +231,43 @@ def throughput() -> str:
         f"The GPU row is still to be measured. Command and table: `benchmarks/README.md`.")
 
 
+def _peers_module():
+    """``benchmarks/peers.py`` (its table is the README's), imported by path."""
+    spec = importlib.util.spec_from_file_location("peers", ROOT / "benchmarks" / "peers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def peers_cpu() -> str:
+    """Side by side with lightly: ``benchmarks/peers.py`` on the CPU (its markdown table and the ratios)."""
+    result = load("peers-cpu.json")
+    args, machine, s = result["args"], result["machine"], result["summary"]
+    ours = s["ours"]
+    intro = _prose(
+        f"Imagenette ({int(args['train_per_class']) * 10:,} training and {int(args['val_per_class']) * 10:,} "
+        f"held-out photos), ResNet-18 x1, {args['image_size']}-px views, batch {args['batch_size']}, "
+        f"{args['threads']} torch threads (lightly: {args['lightly_workers']} DataLoader workers), "
+        f"{args['epochs']} epochs, {args['repeats']} repeats per side alternating (seed = repeat), torch "
+        f"{machine['torch']}, lightly {machine['lightly']}, {machine['cpus']} CPUs, load average at the end "
+        f"{machine['loadavg_end']}:")
+    table = _peers_module().markdown(result)
+    ratios = _prose(
+        f"Ours over lightly's faster configuration: {ours['over_best_lightly_images_per_s']:.2f}x images/s; over "
+        f"our own model-only ceiling (forward + backward + step on pre-made views, same run): "
+        f"{ours['over_ceiling']:.2f}x; launch to the first step {ours['launch_over_fastest_lightly']:.2f}x "
+        f"lightly's; peak RSS of the main process {ours['peak_rss_main_over_lightly']:.2f}x, of all processes "
+        f"(PSS) {ours['peak_pss_tree_over_lightly']:.2f}x. A step is {s['step_gflop']:.0f} GFLOP; the cores' "
+        f"float32 matmul reaches {s['matmul_gflops']:.0f} GFLOP/s with the same threads, the model-only step "
+        f"{s['ceiling_gflops_achieved']:.0f} GFLOP/s.")
+    return intro + "\n\n" + table + "\n" + ratios
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
     "quickstart-intro": quickstart_intro, "quickstart-table": quickstart_table,
     "quickstart-seed0": quickstart_seed0, "label-seeds": label_seeds,
     "cifar10-cpu": cifar10_cpu, "cifar10-cpu-budget": cifar10_cpu_budget, "imagenette-cpu": imagenette_cpu, "throughput": throughput,
+    "peers-cpu": peers_cpu,
 }
 
 
