@@ -328,7 +328,7 @@ def evaluate(runs: list[dict], subset: Path, image_size: int, threads: int) -> N
     def features(fn, x, normalise):
         out = []
         for start in range(0, len(x), 256):
-            v = x[start:start + 256].float().div_(255)
+            v = x[start:start + 256]  # eval_crop: float32 views in [0, 1] (the official preprocess_for_eval)
             out.append(fn((v - mean) / std if normalise else v).flatten(1))
         return torch.cat(out)
 

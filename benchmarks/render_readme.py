@@ -173,8 +173,9 @@ def cifar10_cpu() -> str:
         f"validation = files 4500–4999 of each class; images downsampled to "
         f"{results['config']['data']['image_size']} "
         f"px, ResNet-18 at width {results['width']:g}, {results['pretrain']['epochs']} pretraining epochs; "
-        f"{_minutes(results['seconds'])} in all on one thread), measured 2026-11-29 with the current recipe (NT-Xent "
-        f"summed over both directions). kNN accuracy with all labels after pretraining: "
+        f"{_minutes(results['seconds'])} in all on one thread), measured 2026-11-29 with the recipe of then (NT-Xent "
+        f"summed over both directions; before the official augmentation, evaluation resize and schedule of "
+        f"2026-12-01, not yet rerun). kNN accuracy with all labels after pretraining: "
         f"{results['pretrain']['knn_top1_all_labels']:.1f}%. Top-1 (%), one seed, the best of each row in bold:")
         + "\n" + _stage_table([("", results)]))
 
@@ -209,7 +210,8 @@ def imagenette_cpu() -> str:
         f"{full['config']['data']['image_size']}-px views, ResNet-18 at width {full['width']:g}, "
         f"{full['pretrain']['epochs']} pretraining epochs; about {_minutes(full['seconds'])} on a shared core), "
         f"measured 2026-11-29 against the same run with the old data path (`--crop square`: crops cut from a centre "
-        f"square), same seed. Top-1 (%), the best of each row in bold:")
+        f"square), same seed, with the recipe of then (torchvision-style augmentation, antialiased evaluation "
+        f"resize; not yet rerun with the official ones). Top-1 (%), the best of each row in bold:")
         + "\n" + _stage_table([("full photo", full), ("centre square", square)], label_column="data path") + "\n"
         + _prose(f"kNN with all labels after pretraining: {full['pretrain']['knn_top1_all_labels']:.1f}% (full "
                  f"photo) vs {square['pretrain']['knn_top1_all_labels']:.1f}% (centre square). One seed per path; "
