@@ -339,7 +339,7 @@ def evaluate(runs: list[dict], subset: Path, image_size: int, threads: int) -> N
         else:
             resnet = torchvision.models.resnet18()
             backbone = nn.Sequential(*list(resnet.children())[:-1])
-            backbone.load_state_dict(torch.load(run["checkpoint"], map_location="cpu"))
+            backbone.load_state_dict(torch.load(run["checkpoint"], map_location="cpu", weights_only=True))
             fn, normalise = backbone.eval(), True
         scores = knn_predict(features(fn, bank_x, normalise), bank_y, features(fn, query_x, normalise),
                              int(bank_y.max()) + 1, k=20, temperature=0.1)
