@@ -194,6 +194,7 @@ def fit(stage: Stage, loss_of: Callable[[Tensor], Tensor], evaluate: Callable[[i
         return before + time.time() - start
 
     spe = stage.steps_per_epoch
+    seconds: float | None = None  # training time at the end of this attempt's last epoch
     with _StopFlag() as stop:
         for epoch in range(start_epoch, stage.epochs):
             order_state = stage.order.get_state()
@@ -241,15 +242,16 @@ def fit(stage: Stage, loss_of: Callable[[Tensor], Tensor], evaluate: Callable[[i
             # a classifier without a validation split (a few images per class): its latest is its best
             improved = score > best or (stage.meta.get("kind") == "classifier" and "val_top1" not in record)
             best = max(best, score)
+            seconds = elapsed()  # saved with the epoch, so that a resumed run reports the same time
             if stage.is_main:
                 meta = {**stage.meta, "epoch": epoch + 1, "metrics": record}
                 if improved:
                     checkpoint.save(stage.out / "best", stage.net, meta)
                 checkpoint.save(stage.out / "last", stage.net, meta,
                                 _train_state(stage, epoch + 1, 0, stage.order.get_state(), history, best,
-                                             elapsed()))
+                                             seconds))
     if stage.epochs == 0 and stage.is_main and state is None:
         checkpoint.save(stage.out / "last", stage.net, {**stage.meta, "epoch": 0, "metrics": {}})
     best_record = max(history, key=lambda r: r.get("val_top1", float("-inf"))) if history else {}
     return {"history": history, "best": best_record, "final": history[-1] if history else {},
-            "seconds": elapsed()}
+            "seconds": seconds if seconds is not None else elapsed()}
