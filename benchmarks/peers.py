@@ -172,20 +172,8 @@ def child_ours(args, out: Path) -> dict:
 
     stepper_module.Stepper.step = step
     if args.child == "ours-plain":  # the views made in the loop, between steps (as before the prefetch thread)
+        from simclrv2.data.prefetch import Inline
         from simclrv2.train import pretrain
-
-        class Inline:
-            def __init__(self, make, generators=()):
-                self.make = make
-
-            def plan(self, batches):
-                pass
-
-            def __call__(self, idx):
-                return self.make(idx)
-
-            def close(self):
-                pass
 
         pretrain.Prefetcher = Inline
     run_dir = out / f"{args.child}-{args.seed}"

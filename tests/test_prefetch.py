@@ -3,7 +3,7 @@
 import torch
 
 from simclrv2.config import build_config
-from simclrv2.data.prefetch import Prefetcher
+from simclrv2.data.prefetch import Inline, Prefetcher
 from simclrv2.data.ragged import RaggedImages
 from simclrv2.data.views import ViewMaker
 from simclrv2.train import pretrain
@@ -65,28 +65,12 @@ def test_an_unplanned_batch_is_made_in_place():
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
 
 
-class _Inline:
-    """The plain path: no thread, nothing made ahead."""
-
-    def __init__(self, make, generators=()):
-        self.make = make
-
-    def plan(self, batches):
-        pass
-
-    def __call__(self, idx):
-        return self.make(idx)
-
-    def close(self):
-        pass
-
-
 def test_pretraining_with_prefetch_equals_pretraining_without(tmp_path, monkeypatch):
     cfg = build_config("digits", stage="pretrain", overrides=[
         "image_size=8", "width=0.125", "head_layers=2", "epochs=2", "batch_size=256", "knn_every=0", "device=cpu",
         "seed=3"])
     ahead = pretrain.run(cfg, tmp_path / "ahead", show_progress=False)
-    monkeypatch.setattr(pretrain, "Prefetcher", _Inline)
+    monkeypatch.setattr(pretrain, "Prefetcher", Inline)
     inline = pretrain.run(cfg, tmp_path / "inline", show_progress=False)
     assert [r["loss"] for r in ahead["history"]] == [r["loss"] for r in inline["history"]]
 

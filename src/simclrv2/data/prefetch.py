@@ -108,6 +108,23 @@ class Prefetcher(Generic[T]):
             self._pool = None
 
 
+
+class Inline(Generic[T]):
+    """The plain path with :class:`Prefetcher`'s interface: each batch made when it is asked for, on the
+    calling thread, nothing ahead (for comparisons: the same views, without the background thread)."""
+
+    def __init__(self, make: Callable[[Tensor], T], generators: Sequence[torch.Generator] = ()) -> None:
+        self.make = make
+
+    def plan(self, batches: Sequence[Tensor]) -> None:
+        pass
+
+    def __call__(self, idx: Tensor) -> T:
+        return self.make(idx)
+
+    def close(self) -> None:
+        pass
+
 def _set_threads(threads: int) -> None:
     """This thread's torch intra-op threads (torch initialises a thread's count lazily, from the
     process default, on first use: that happens first, so the count set here stays)."""
