@@ -81,7 +81,9 @@ def load(cfg: DataConfig, workers: int = 4, need_val: bool = True) -> Splits:
     """Load the dataset ``cfg.dataset`` resized to ``cfg.image_size``.
 
     ``need_val=False`` (nothing of the run reads the validation images): an image folder's
-    validation split is listed but not decoded (left as :class:`FileImages`)."""
+    validation split is listed but not decoded (left as :class:`FileImages`), unless ``cfg.strict``,
+    which checks every image up front."""
+    need_val = need_val or cfg.strict
     name = cfg.dataset
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")

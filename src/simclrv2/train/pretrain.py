@@ -70,8 +70,7 @@ def run(cfg: Config, out_dir: str | Path, splits: datasets.Splits | None = None,
     rt = start(cfg)
     run_dir = open_run(out_dir, cfg, "pretrain", overwrite, resume, rt.world.is_main)
     out = run_dir.path
-    # validation images are read only by the kNN monitor, or by --strict, which checks every image up front
-    splits = splits or datasets.load(cfg.data, cfg.workers, need_val=cfg.pretrain.knn_every > 0 or cfg.data.strict)
+    splits = splits or datasets.load(cfg.data, cfg.workers, need_val=cfg.pretrain.knn_every > 0)  # kNN monitor
     images = BatchFeed(splits.pretrain_images(), rt.device, cfg.data.on_device, cfg.workers, cfg.data.decode)
     n = len(images)
     s = cfg.pretrain
