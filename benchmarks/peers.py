@@ -181,7 +181,8 @@ def child_ours(args, out: Path) -> dict:
             f"image_size={args.image_size}", "model=resnet18", "width=1.0", "cifar_stem=false",
             f"batch_size={args.batch_size}", f"pretrain.epochs={args.epochs}", f"threads={args.threads}",
             f"workers={args.threads}", "knn_every=0", f"seed={args.seed}", f"device={args.device}",
-            f"data.stream={'on' if args.child == 'ours-stream' else 'auto'}"]
+            f"data.stream={'on' if args.child == 'ours-stream' else 'auto'}",
+            f"amp={'false' if args.child == 'ours-fp32' else 'true'}"]
     code = cli.main(argv)
     if code:
         raise SystemExit(code)
@@ -211,7 +212,8 @@ def ceiling(args, torch) -> dict:
     x = images[idx] if isinstance(images, torch.Tensor) else images.take(idx)
     x = x.to(device)
     both = torch.cat([views(x), views(x)])
-    net = prepare_model(build_pretrain_model(ModelConfig(model="resnet18", width=1.0, cifar_stem=False)), device)
+    net = prepare_model(build_pretrain_model(ModelConfig(model="resnet18", width=1.0, cifar_stem=False)), device,
+                        amp=True)
     opt = build_optimizer(net, "lars", 0.3, 1e-4, fused=device.type == "cuda")
     n = args.batch_size
 
@@ -371,7 +373,8 @@ def run_child(args, side: str, workers: int, seed: int) -> dict:
         raise SystemExit(f"peers.py: error: {len(marks)} steps is too few for --warmup {args.warmup}")
     (t0, c0), (t1, c1) = marks[first - 1], marks[-1]
     images = (len(marks) - first) * args.batch_size
-    name = {"ours": "ours", "ours-stream": "ours (streamed)", "ours-plain": "ours (no prefetch)"}.get(
+    name = {"ours": "ours", "ours-stream": "ours (streamed)", "ours-plain": "ours (no prefetch)",
+            "ours-fp32": "ours (float32, amp=false)"}.get(
         side, f"lightly ({workers} workers)")
     return {"side": side, "name": name, "workers": workers, "seed": seed, "steps": len(marks),
             "images_per_s": images / (t1 - t0), "images_per_cpu_s": images / max(c1 - c0, 1e-9),
@@ -380,12 +383,12 @@ def run_child(args, side: str, workers: int, seed: int) -> dict:
             "loadavg_before": load_before, "loadavg_after": loadavg(), **child}
 
 
-def matmul_gflops(threads: int, n: int = 1024, reps: int = 10) -> float:
-    """What the cores can do: float32 matmul GFLOP/s with ``threads`` threads (the machine's limit)."""
+def matmul_gflops(threads: int, dtype: str = "float32", n: int = 1024, reps: int = 10) -> float:
+    """What the cores can do: matmul GFLOP/s in ``dtype`` with ``threads`` threads (the machine's limit)."""
     import torch
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, dtype=getattr(torch, dtype)), torch.randn(n, n, dtype=getattr(torch, dtype))
     a @ b
     start = time.perf_counter()
     for _ in range(reps):
@@ -407,7 +410,8 @@ def step_gflop(image_size: int, batch: int) -> float:
     return counter.get_total_flops() / 2 * 2 * batch * 3 / 1e9
 
 
-def summarise(runs: list[dict], args, gflops: float, gflop: float) -> dict:
+def summarise(runs: list[dict], args, gflops: float, gflop: float, gflops_bf16: float = 0.0,
+              bf16: bool = False) -> dict:
     def mean(rows, key):
         values = [r[key] for r in rows if r.get(key) is not None]
         return sum(values) / len(values) if values else None
@@ -423,7 +427,8 @@ def summarise(runs: list[dict], args, gflops: float, gflop: float) -> dict:
     ceiling_rate = sum(ceilings) / len(ceilings) if ceilings else None
     lightly = [v for k, v in table.items() if not k.startswith("ours")]
     best = max(lightly, key=lambda v: v["images_per_s"]) if lightly else None
-    summary: dict = {"ceiling_images_per_s": ceiling_rate, "matmul_gflops": gflops, "step_gflop": gflop,
+    summary: dict = {"ceiling_images_per_s": ceiling_rate, "matmul_gflops": gflops, "matmul_gflops_bf16": gflops_bf16,
+                     "bf16_autocast": bf16, "step_gflop": gflop,
                      "ceiling_gflops_achieved": gflop * ceiling_rate / args.batch_size if ceilings else None}
     for name, ours in table.items():
         if not name.startswith("ours") or best is None:
@@ -469,13 +474,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch threads on both sides (and our decode workers)")
     p.add_argument("--lightly-workers", default="2", help="comma-separated DataLoader worker counts, e.g. 2,0")
     p.add_argument("--ours", default="decoded,stream",
-                   help="our variants: decoded (once, up front), stream, plain (decoded, views made between steps)")
-    p.add_argument("--ceiling-steps", type=int, default=3, help="model-only steps after each of our runs (0: none)")
+                   help="our variants: decoded (once, up front), stream, plain (decoded, views made between steps), "
+                        "float32 (decoded, amp=false: no bf16 autocast on an AMX CPU)")
+    p.add_argument("--ceiling-steps", type=int, default=5, help="model-only steps after each of our runs (0: none)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", type=Path)
     p.add_argument("--markdown", type=Path)
     # child side
-    p.add_argument("--child", choices=["ours", "ours-stream", "ours-plain", "lightly"], help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=["ours", "ours-stream", "ours-plain", "ours-fp32", "lightly"],
+                   help=argparse.SUPPRESS)
     p.add_argument("--subset", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--workers", type=int, default=0, help=argparse.SUPPRESS)
@@ -503,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.epochs} epochs, batch {args.batch_size}, {args.image_size} px, {args.threads} threads", flush=True)
     runs = []
     for seed in range(args.repeats):
-        ours = [{"decoded": "ours", "stream": "ours-stream", "plain": "ours-plain"}[v.strip()]
+        ours = [{"decoded": "ours", "stream": "ours-stream", "plain": "ours-plain", "float32": "ours-fp32"}[v.strip()]
                 for v in args.ours.split(",") if v.strip()]
         for side, w in [(o, args.threads) for o in ours] + [("lightly", w) for w in workers]:
             r = run_child(args, side, w, seed)
@@ -515,8 +522,13 @@ def main(argv: list[str] | None = None) -> int:
     evaluate(runs, args.subset, args.image_size, args.threads)
     for r in runs:
         print(f"  {r['name']:<22} seed {r['seed']}: kNN top-1 {r['knn_top1']:.2f}%", flush=True)
-    gflops = matmul_gflops(args.threads) if args.device == "cpu" else None
-    result = summarise(runs, args, gflops or 0.0, step_gflop(args.image_size, args.batch_size))
+    from simclrv2.core.runtime import uses_bf16
+
+    cpu = args.device == "cpu"
+    gflops = matmul_gflops(args.threads) if cpu else 0.0
+    gflops_bf16 = matmul_gflops(args.threads, "bfloat16") if cpu else 0.0
+    result = summarise(runs, args, gflops, step_gflop(args.image_size, args.batch_size), gflops_bf16,
+                       uses_bf16(torch.device(args.device)))
     result |= {"runs": runs, "args": {k: str(v) for k, v in vars(args).items()},
                "machine": {"torch": torch.__version__, "lightly": lightly.__version__, "cpus": os.cpu_count(),
                            "platform": platform.platform(), "loadavg_end": loadavg()}}

@@ -92,7 +92,8 @@ def test_pretraining_contrasts_with_the_momentum_networks_keys(monkeypatch, tmp_
     monkeypatch.setattr(pretrain, "momentum_contrast", spy)
     cfg = build_config("digits", overrides=["image_size=8", "model=resnet18", "width=0.125", "head_layers=2",
                                             "knn_every=0", "pretrain.epochs=1", "pretrain.batch_size=128",
-                                            "memory_size=512", "memory_momentum=0.9", "device=cpu"])
+                                            "memory_size=512", "memory_momentum=0.9", "device=cpu",
+                                            "amp=false"])  # float32: the queries and keys compared below
     pretrain.run(cfg, tmp_path, load(cfg.data), show_progress=False)
     assert len(calls) >= 3
     assert [c[4] for c in calls[:3]] == [0, 256, 512]  # the queue holds both views of the earlier batches

@@ -188,7 +188,7 @@ class EvalConfig(OptimConfig):
 class Config:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # bf16 autocast on CUDA (never on CPU)
+    amp: bool = True  # bf16 autocast on CUDA and on CPUs with AMX (float32 on other CPUs)
     compile: bool = False  # torch.compile the model (CUDA)
     workers: int = 4  # DataLoader workers of the per-image path and of folder decoding
     threads: int = 0  # torch CPU threads per process (0: OMP_NUM_THREADS if set, else the physical cores available)

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from simclrv2.data.feed import chunks
 from simclrv2.data.files import FileImages
-from simclrv2.core.runtime import autocast
+from simclrv2.core.runtime import autocast, channels_last
 
 
 @torch.no_grad()
@@ -17,7 +17,7 @@ def infer(fn, images: Tensor | FileImages, device: torch.device, batch_size: int
     outputs = []
     for chunk in chunks(images, batch_size, device=device):
         x = chunk.to(device, non_blocking=True)
-        if device.type == "cuda":
+        if channels_last(device, amp):
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp):
             outputs.append(fn(x).float().cpu())

@@ -203,8 +203,8 @@ def resized_crop(images: Tensor, size: int, generator: torch.Generator | None, f
 def resized_crop_ragged(images: Sequence[Tensor], sizes: Tensor, size: int, generator: torch.Generator | None,
                         flip_p: float = 0.5, area_range: tuple[float, float] = (0.08, 1.0)) -> Tensor:
     """:func:`resized_crop` for images of different sizes ``sizes`` ``[N, 2]`` (``[3, h_i, w_i]`` each):
-    boxes drawn on each image's own size, the crops copied into one zero-padded batch (the only
-    per-image step) and resized together, the weights never reaching the padding."""
+    boxes drawn on each image's own size, each crop resized on its own pixels (a zero-padded batch of
+    whole crops, resized together, cost twice the arithmetic and a fill of ``N x 3 x H x W`` floats)."""
     n = len(images)
     device = images[0].device if n else torch.device("cpu")
     sizes = sizes.to(device)
@@ -213,12 +213,17 @@ def resized_crop_ragged(images: Sequence[Tensor], sizes: Tensor, size: int, gene
     flip = torch.rand(n, generator=generator, device=device) < flip_p
     rows = boxes.tolist()  # the one host read
     crop_h, crop_w = max(r[2] for r in rows), max(r[3] for r in rows)
-    batch = torch.zeros(n, 3, crop_h, crop_w, dtype=torch.float32, device=device)
-    for k, (top, left, h, w) in enumerate(rows):
-        batch[k, :, :h, :w] = _float01(images[k][:, top:top + h, left:left + w])
-    local = boxes.clone()
-    local[:, :2] = 0
-    return resize_bicubic_boxes(batch, local, size, flip)
+    zero = torch.zeros(n, dtype=boxes.dtype, device=device)
+    with torch.autocast(device.type, enabled=False):
+        wy = _bicubic_weights(zero, boxes[:, 2], crop_h, size, None)  # [N, S, crop_h], zero past each crop
+        wx = _bicubic_weights(zero, boxes[:, 3], crop_w, size, flip)  # [N, S, crop_w]
+        out = torch.empty(n, 3, size, size, dtype=torch.float32, device=device)
+        for k, (top, left, h, w) in enumerate(rows):
+            crop = _float01(images[k][:, top:top + h, left:left + w])
+            along_x = (crop.view(3 * h, w) @ wx[k, :, :w].t()).view(3, h, size)  # x first, as TF
+            both = wy[k, :, :h] @ along_x.transpose(0, 1).reshape(h, 3 * size)  # [S, 3 S]
+            out[k] = both.view(size, 3, size).transpose(0, 1)
+        return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,6 +329,9 @@ def _schedule(order: Tensor, jitter: Tensor) -> Tensor:
     return slots.masked_fill_(~jitter[:, None], _NONE)
 
 
+_COLOR_CHUNK = 32  # images per pass of the colour ops: a chunk's ~40 passes stay in the core's cache
+
+
 def apply_color(x: Tensor, p: dict[str, Tensor]) -> Tensor:
     """``random_color_jitter`` with its draws ``p`` fixed (see :func:`color_params`), then the final
     clip of ``preprocess_for_train`` (``x`` is modified).
@@ -332,8 +340,21 @@ def apply_color(x: Tensor, p: dict[str, Tensor]) -> Tensor:
     by slots (:func:`_schedule`): in an affine slot brightness (``x * f``) and contrast
     (``m + f (x - m)``, ``m`` the channel means) are one ``r + f (x - r)`` for every image; in an
     HSV slot hue and saturation are one :func:`_hsv` -- two HSV passes for the batch, not four.
+    Every op is per image, so the batch goes through in chunks of ``_COLOR_CHUNK`` images (on a
+    CPU 1.5x faster than whole-batch passes that stream it through memory each time; same values).
     """
     slots = _schedule(p["order"].to(x.device), p["jitter"].to(x.device))
+    chunk = _COLOR_CHUNK if x.device.type == "cpu" else x.shape[0]
+    for start in range(0, x.shape[0], chunk):
+        part = slice(start, start + chunk)
+        done = _color_chunk(x[part], slots[part], {k: v[part] for k, v in p.items() if k != "order"})
+        if done.data_ptr() != x[part].data_ptr():
+            x[part] = done
+    return x
+
+
+def _color_chunk(x: Tensor, slots: Tensor, p: dict[str, Tensor]) -> Tensor:
+    """:func:`apply_color` on some images with their slots (``x`` is modified)."""
     one = torch.ones_like(p["brightness"])
     for i in range(_SLOTS):
         op = slots[:, i]

@@ -7,7 +7,6 @@ linear layer trained with SGD on crop + flip views through the frozen encoder (s
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import warnings
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from simclrv2.config import Config, EvalConfig
+from simclrv2.core.runtime import autocast
 from simclrv2.errors import NonFiniteError
 
 PROTOCOLS = ("fast", "paper")
@@ -124,13 +124,12 @@ def train_linear_head(features: Callable[[Tensor], Tensor], train_images, train_
         optimizer = KerasNesterovSGD(head.parameters(), peak, s.momentum, s.weight_decay)
     else:
         optimizer = build_optimizer(head, s.optimizer, peak, s.weight_decay, s.momentum, s.trust_coefficient)
-    amp = cfg.amp and device.type == "cuda"
     step, losses = 0, []
     for _ in range(s.epochs):
         batches = list(torch.tensor_split(torch.randperm(n, generator=order), steps_per_epoch))
         images.plan(batches)
         for idx in batches:
-            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext():
+            with torch.no_grad(), autocast(device, cfg.amp):
                 x = features(views(images(idx)))
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, peak, warmup, total)

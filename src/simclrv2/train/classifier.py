@@ -144,7 +144,7 @@ def run_finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path, split
     pretrained_net = build_network(arch)
     checkpoint.load_weights(pretrained_net, tensors, source=f"pretrained checkpoint {pretrained}")
     net = classifier_from(pretrained_net, cfg.model.ft_layer, len(splits.classes))
-    model = rt.wrap(net, cfg.compile)
+    model = rt.wrap(net, cfg.compile, cfg.amp)
     meta = {"stage": "finetune", "kind": "classifier", "config": cfg.to_dict(), "classes": splits.classes,
             "arch": arch_of(cfg.model, len(splits.classes), cfg.model.ft_layer), "image_size": cfg.data.image_size,
             "pretrained": str(pretrained), "labeled": len(labeled), "params": count_params(net)}
@@ -161,7 +161,7 @@ def run_supervised(cfg: Config, out_dir: str | Path, splits: datasets.Splits | N
     labeled, chosen = labeled_subset(cfg, splits)
     arch = arch_of(cfg.model, len(splits.classes), 0)
     net = build_network(arch)
-    model = rt.wrap(net, cfg.compile)
+    model = rt.wrap(net, cfg.compile, cfg.amp)
     meta = {"stage": "supervised", "kind": "classifier", "config": cfg.to_dict(), "classes": splits.classes,
             "arch": arch, "image_size": cfg.data.image_size, "labeled": len(labeled), "params": count_params(net)}
     return train_classifier(model, net, labeled, splits.val, cfg.supervised, cfg, run_dir.path, "supervised", meta,

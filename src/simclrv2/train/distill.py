@@ -69,10 +69,10 @@ def run(cfg: Config, out_dir: str | Path, teacher_path: str | Path, splits: data
         labels[labeled_idx] = splits.train.labels[labeled_idx]
     labels = labels.to(device)
 
-    teacher = freeze(prepare_model(teacher_net, device))  # never wrapped in DDP: it does not train
+    teacher = freeze(prepare_model(teacher_net, device, amp=cfg.amp))  # never wrapped in DDP: it does not train
     arch = arch_of(cfg.model, len(teacher_meta["classes"]), 0)
     net = build_student(arch, d.init, teacher_meta)
-    model = rt.wrap(net, cfg.compile)
+    model = rt.wrap(net, cfg.compile, cfg.amp)
     n = len(images)
     if n < 2:  # BatchNorm needs two images in a batch
         raise datasets.DataError(f"distillation needs at least 2 images, the data has {n}")

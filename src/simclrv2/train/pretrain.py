@@ -80,7 +80,7 @@ def run(cfg: Config, out_dir: str | Path, splits: datasets.Splits | None = None,
     local = batch // rt.world.size
 
     net = build_pretrain_model(cfg.model) if net is None else net.to(rt.device)
-    model = rt.wrap(net, cfg.compile)
+    model = rt.wrap(net, cfg.compile, cfg.amp)
     stepper = make_stepper(model, s, steps_per_epoch(n, batch, True), batch, rt.device, num_items=n)
     views = views or ViewMaker.for_pretraining(cfg, rt.device, seed=rt.rank_seed(1))
     stateful: dict[str, Any] = {}
