@@ -105,8 +105,7 @@ def quickstart_seed0() -> str:
             f"{run['pretrain_knn_top1']:.1f}%), from {extra['random_init_knn_top1']:.1f}% for the randomly "
             f"initialised encoder (`{extra['random_init_command']}`). Alone on the idle machine the Quickstart "
             f"command (seed 0) took {extra['idle_run']['seconds']:.0f} s ({extra['idle_run']['date']}); the seed "
-            f"runs above took {min(walls):.0f}–{max(walls):.0f} s each, {summary.get('jobs', 1)} at a time beside "
-            f"other work; on a fresh clone (2026-11-29) with a new virtual environment the first Quickstart command took "
+            f"runs above took {min(walls):.0f}–{max(walls):.0f} s each, {summary.get('jobs', 1)} at a time; on a fresh clone (2026-11-29) with a new virtual environment the first Quickstart command took "
             f"{clone['pipeline_seconds']:.0f} s in all (installing torch included), the second "
             f"{clone['tests_seconds']:.0f} s (installing the test extra, TensorFlow included, and "
             f"{clone['tests']} tests).")
@@ -249,19 +248,25 @@ def peers_cpu() -> str:
     intro = _prose(
         f"Imagenette ({int(args['train_per_class']) * 10:,} training and {int(args['val_per_class']) * 10:,} "
         f"held-out photos), ResNet-18 x1, {args['image_size']}-px views, batch {args['batch_size']}, "
-        f"{args['threads']} torch threads (lightly: {args['lightly_workers']} DataLoader workers), "
+        f"{args['threads']} torch threads (lightly: {args['lightly_workers'].replace(',', ' and ')} DataLoader workers), "
         f"{args['epochs']} epochs, {args['repeats']} repeats per side alternating (seed = repeat), torch "
         f"{machine['torch']}, lightly {machine['lightly']}, {machine['cpus']} CPUs, load average at the end "
         f"{machine['loadavg_end']}:")
     table = _peers_module().markdown(result)
+    fp32 = s.get("ours (float32, amp=false)")
+    precision = (f"Our runs compute in bf16 autocast (this CPU has AMX; `amp=true`, the default); the same "
+                 f"command with `amp=false` (float32) ran at {fp32['over_best_lightly_images_per_s']:.2f}x lightly's "
+                 f"images/s. " if s.get("bf16_autocast") and fp32 else "")
+    peak = (f"float32 matmul reaches {s['matmul_gflops']:.0f} GFLOP/s with the same threads, bf16 matmul "
+            f"{s['matmul_gflops_bf16']:.0f}" if s.get("matmul_gflops_bf16") else
+            f"float32 matmul reaches {s['matmul_gflops']:.0f} GFLOP/s with the same threads")
     ratios = _prose(
         f"Ours over lightly's faster configuration: {ours['over_best_lightly_images_per_s']:.2f}x images/s; over "
         f"our own model-only ceiling (forward + backward + step on pre-made views, same run): "
         f"{ours['over_ceiling']:.2f}x; launch to the first step {ours['launch_over_fastest_lightly']:.2f}x "
         f"lightly's; peak RSS of the main process {ours['peak_rss_main_over_lightly']:.2f}x, of all processes "
-        f"(PSS) {ours['peak_pss_tree_over_lightly']:.2f}x. A step is {s['step_gflop']:.0f} GFLOP; the cores' "
-        f"float32 matmul reaches {s['matmul_gflops']:.0f} GFLOP/s with the same threads, the model-only step "
-        f"{s['ceiling_gflops_achieved']:.0f} GFLOP/s.")
+        f"(PSS) {ours['peak_pss_tree_over_lightly']:.2f}x. {precision}A step is {s['step_gflop']:.0f} GFLOP; the "
+        f"cores' {peak}, the model-only step {s['ceiling_gflops_achieved']:.0f} GFLOP/s.")
     return intro + "\n\n" + table + "\n" + ratios
 
 

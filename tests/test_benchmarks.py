@@ -109,3 +109,35 @@ def test_quickstart_seeds_writes_ranges(tmp_path, monkeypatch, capsys):
     two = seeds.ranges([{"rows": [{"labels": 0.1, "stage": "knn", "top1": t, "labeled_images": 143}]} for t in (70, 74)])
     assert two["0.1"]["knn"] == {"min": 70, "max": 74, "mean": 72, "n": 2}
     assert seeds._span(two["0.1"]["knn"]) == "70.0–74.0"
+
+
+def test_subset_archive_keeps_the_first_files_of_each_class(tmp_path):
+    import io
+    import tarfile
+
+    source = tmp_path / "photos.tar.gz"
+    with tarfile.open(source, "w:gz") as tar:
+        for c in ("b_class", "a_class"):
+            for name in ("3.jpg", "1.jpg", "2.jpg"):
+                data = f"{c}/{name}".encode()
+                info = tarfile.TarInfo(f"set/train/{c}/{name}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    target = tmp_path / "subset.tar.gz"
+    assert _module("subset_archive").main([str(source), str(target), "--per-class", "2"]) == 0
+    with tarfile.open(target) as tar:
+        kept = {m.name: tar.extractfile(m).read().decode() for m in tar.getmembers()}
+    assert kept == {f"set/train/{c}/{n}": f"{c}/{n}" for c in ("a_class", "b_class") for n in ("1.jpg", "2.jpg")}
+
+
+def test_gpu_session_limits_fit_one_device_call():
+    """The step limits of gpu_session.sh add up to under the device's 600-s command limit."""
+    import re
+
+    script = (BENCHMARKS / "gpu_session.sh").read_text()
+    defaults = dict(re.findall(r"(\w+)=\$\{\w+:-(\d+)\}", script)) | dict(re.findall(r"\$\{(\w+):-(\d+)\}", script))
+    tests = sum(int(t) for t in re.findall(r"timeout (\d+) ", script))
+    throughput_runs = script.count('timeout "$throughput_seconds"')
+    total = (tests + throughput_runs * int(defaults["throughput_seconds"]) + int(defaults["cifar_seconds"])
+             + int(defaults["nette_seconds"]) + int(defaults["PEERS_SECONDS"]))
+    assert total <= 540, total  # 60 s left for unpacking the archives and starting Python

@@ -183,6 +183,7 @@ def test_preprocess_for_train_end_to_end_with_draws_fixed(monkeypatch, strength)
     p["jitter"] = idx % 6 != 5
     p["gray"] = idx % 4 == 1
     p["order"] = torch.tensor(list(itertools.permutations(range(4))))
+    monkeypatch.setattr(oa, "_COLOR_CHUNK", 5)  # chunk boundaries inside the batch (32 in use)
     ours = oa.apply_color(oa.resize_bicubic_boxes(images, boxes, size, flips), p)
     refs = []
     for k in range(n):
@@ -320,3 +321,14 @@ def test_ragged_photos_crop_on_their_own_size():
     torch.testing.assert_close(oa.simclr_views(same, 16, generator=torch.Generator().manual_seed(3)),
                                oa.simclr_views(torch.stack([photos[2]] * 4), 16,
                                                generator=torch.Generator().manual_seed(3)), atol=1e-5, rtol=0)
+
+
+def test_colour_ops_by_chunks_equal_image_by_image():
+    """The colour ops go through a batch in chunks (cache-sized): every image comes out as alone."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(70, 3, 9, 11, generator=g) * 1.2 - 0.1  # unclipped, as a resize leaves it
+    p = oa.color_params(70, 1.0, g)
+    batch = oa.apply_color(x.clone(), p)
+    for k in range(70):
+        alone = oa.apply_color(x[k:k + 1].clone(), {key: v[k:k + 1] for key, v in p.items()})
+        torch.testing.assert_close(batch[k:k + 1], alone, atol=0, rtol=0)

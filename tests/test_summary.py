@@ -8,6 +8,7 @@ import torch
 
 from simclrv2.cli import main
 from simclrv2.config import preset
+from simclrv2.core import runtime
 from simclrv2.data.datasets import ImageSet, Splits
 from simclrv2.models.networks import build_pretrain_model
 from simclrv2.train.summary import count_params
@@ -24,7 +25,8 @@ def splits_of(train: int, val: int, unlabeled: int = 0) -> Splits:
     return Splits(part(train, ["a", "b", "c"]), part(val, ["a", "b", "c"]), part(unlabeled, []) if unlabeled else None)
 
 
-def test_describe_fields():
+def test_describe_fields(monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_has_amx_bf16", lambda: False)
     cfg = preset("digits")
     cfg.finetune.lr, cfg.finetune.lr_scaling = 0.01, "sqrt"
     fields = describe("finetune", cfg, splits_of(1200, 300, 5000), cfg.model, 2_800_000, "cpu", 2, "runs/ft",
@@ -34,7 +36,7 @@ def test_describe_fields():
     assert fields["dataset"] == "digits embedded: 1,200 train / 300 val / 5,000 unlabeled images, 3 classes"
     assert fields["resolution"] == "8 px"
     assert fields["model"] == "resnet18 x0.25, SK off, CIFAR stem, 2.80M parameters"
-    assert fields["device"] == "cpu, 2 processes" and fields["threads"] == f"{torch.get_num_threads()} per process"
+    assert fields["device"] == "cpu, 2 processes, float32" and fields["threads"] == f"{torch.get_num_threads()} per process"
     assert fields["batch"] == "64 global (32 per process)"
     assert fields["lr"].startswith("0.08 = 0.01 x sqrt(64) (lars")
     assert fields["epochs"] == f"{cfg.finetune.epochs} x 19 steps" and fields["out"] == "runs/ft"
@@ -53,3 +55,12 @@ def test_a_stage_prints_its_summary(capsys, tmp_path):
     assert lines["model"].endswith(f"{count_params(build_pretrain_model(cfg.model)) / 1e6:.2f}M parameters")
     assert lines["batch"] == "64 global" and lines["lr"].startswith(f"{0.5 * 64 / 256:.4g} = 0.5 x 64/256")
     assert lines["out"] == str(tmp_path / "pre")
+
+
+def test_the_device_line_says_how_the_network_computes(monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_has_amx_bf16", lambda: True)
+    cfg = preset("digits")
+    assert describe("pretrain", cfg, None, cfg.model, 1, "cpu", 1, None)["device"] == \
+        "cpu, bf16 autocast (AMX; amp=false for float32)"
+    cfg.amp = False
+    assert describe("pretrain", cfg, None, cfg.model, 1, "cpu", 1, None)["device"] == "cpu, float32"

@@ -3,8 +3,8 @@ google-research/simclr ``tf2/data_util.py``), batched on the batch's device.
 
 Every image gets its own random parameters from an explicit ``torch.Generator``; there is no
 Python loop over images and no host-device synchronisation, except for photos of different sizes
-(:class:`~simclrv2.data.ragged.RaggedImages`): one copy of each crop into a padded batch, after one
-read of the boxes. The steps, in the official order, with TensorFlow's semantics:
+(:class:`~simclrv2.data.ragged.RaggedImages`): each crop is resized on its own, after one read of
+the boxes. On a CPU the colour ops run over chunks of 32 images (cache-sized; the same values). The steps, in the official order, with TensorFlow's semantics:
 
 * crop: ``tf.image.sample_distorted_bounding_box`` (area 0.08--1 of the image, aspect ratio
   (width / height) uniform in 3/4--4/3, crop height uniform over the integers allowed, the crop

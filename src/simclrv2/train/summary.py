@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from simclrv2.config import Config, OptimConfig
+from simclrv2.core.runtime import uses_bf16
 from simclrv2.data.datasets import Splits
 
 
@@ -47,6 +48,14 @@ def model_line(model: dict[str, Any] | Any, params: int) -> str:
     return f"{get('model')} x{get('width'):g}, {sk}, {stem}, {params / 1e6:.2f}M parameters"
 
 
+def precision(device: torch.device | str, amp: bool) -> str:
+    """How the network computes: ``bf16 autocast`` (CUDA, AMX CPUs, with ``amp``) or ``float32``."""
+    device = torch.device(device)
+    if uses_bf16(device, amp):
+        return "bf16 autocast" + (" (AMX; amp=false for float32)" if device.type == "cpu" else "")
+    return "float32"
+
+
 def describe(stage: str, cfg: Config, splits: Splits | None, model: dict[str, Any] | Any, params: int,
              device: torch.device | str, world_size: int, out: str | Path | None,
              section: OptimConfig | None = None, batch: int | None = None, peak_lr: float | None = None,
@@ -54,7 +63,7 @@ def describe(stage: str, cfg: Config, splits: Splits | None, model: dict[str, An
     """The summary fields of a stage, in print order; ``extra`` adds lines (e.g. ``labeled``)."""
     fields = {"dataset": dataset_line(cfg, splits), **{k: str(v) for k, v in extra.items() if v is not None},
               "resolution": f"{cfg.data.image_size} px", "model": model_line(model, params),
-              "device": f"{device}" + (f", {world_size} processes" if world_size > 1 else ""),
+              "device": f"{device}" + (f", {world_size} processes" if world_size > 1 else "") + f", {precision(device, cfg.amp)}",
               "threads": f"{torch.get_num_threads()} per process"}
     if section is not None and batch is not None:
         fields["batch"] = f"{batch} global" + (f" ({batch // world_size} per process)" if world_size > 1 else "")
