@@ -67,8 +67,39 @@ def model_step(args) -> None:
           f"{rate:.1f} images/s")
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         step()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=40))
     print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=args.rows,
                                                              max_name_column_width=40, max_shapes_column_width=60))
+    small_map_weight_gradient(args, bf16)
+
+
+def small_map_weight_gradient(args, bf16: bool) -> None:
+    """Stage 4's 3x3 convolution (512 channels, 2x2 maps at 64-px input): its weight gradient by
+    oneDNN against the same product written as unfold + one matmul."""
+    import torch.nn.functional as F
+
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    layout = torch.channels_last if bf16 else torch.contiguous_format
+    side = max(1, args.image_size // 32)
+    x = torch.randn(2 * args.batch_size, 512, side, side, dtype=dtype).contiguous(memory_format=layout)
+    w = torch.randn(512, 512, 3, 3, dtype=dtype).contiguous(memory_format=layout)
+    g = torch.randn_like(x)
+
+    def by_convolution():
+        return torch.ops.aten.convolution_backward(g, x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+                                                   [False, True, False])[1]
+
+    def by_matmul():
+        cols = F.unfold(x, 3, padding=1).transpose(1, 2).reshape(-1, 512 * 9)  # [N L, C k k]
+        return (g.flatten(2).transpose(1, 2).reshape(-1, 512).t() @ cols).view(512, 512, 3, 3)
+
+    for name, fn in (("oneDNN convolution_backward", by_convolution), ("unfold + matmul", by_matmul)):
+        fn()
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            fn()
+        print(f"weight gradient of a 512x512 3x3 conv on {side}x{side} maps, {dtype}: {name} "
+              f"{(time.perf_counter() - start) / args.steps * 1000:.0f} ms")
 
 
 def augmentation(args) -> None:
