@@ -12,6 +12,7 @@ fastest choice for small models (see the README).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import random
@@ -148,6 +149,7 @@ def setup_backend(device: torch.device) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
+@functools.cache  # asked at every autocast (each step); the CPU does not change
 def cpu_has_amx_bf16() -> bool:
     """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX, Sapphire Rapids and later).
 
