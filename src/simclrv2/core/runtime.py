@@ -153,8 +153,8 @@ def setup_backend(device: torch.device) -> None:
 def cpu_has_amx_bf16() -> bool:
     """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX, Sapphire Rapids and later).
 
-    Only there is bf16 autocast a gain on a CPU (2x on a ResNet-18 step, see benchmarks/README); without
-    it oneDNN emulates or half-uses bf16, slower or little faster than float32 and less accurate.
+    There bf16 autocast doubles a ResNet-18 step (benchmarks/README). CPUs without AMX keep float32: bf16
+    runs there on narrower or emulated instructions, and its speed was not measured on one.
     """
     check = getattr(getattr(torch, "cpu", None), "_is_amx_tile_supported", None)
     try:

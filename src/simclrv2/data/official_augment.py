@@ -4,7 +4,8 @@ google-research/simclr ``tf2/data_util.py``), batched on the batch's device.
 Every image gets its own random parameters from an explicit ``torch.Generator``; there is no
 Python loop over images and no host-device synchronisation, except for photos of different sizes
 (:class:`~simclrv2.data.ragged.RaggedImages`): each crop is resized on its own, after one read of
-the boxes. On a CPU the colour ops run over chunks of 32 images (cache-sized; the same values). The steps, in the official order, with TensorFlow's semantics:
+the boxes. On a CPU the colour ops run over chunks of 32 images (cache-sized; the same values). The
+steps, in the official order, with TensorFlow's semantics:
 
 * crop: ``tf.image.sample_distorted_bounding_box`` (area 0.08--1 of the image, aspect ratio
   (width / height) uniform in 3/4--4/3, crop height uniform over the integers allowed, the crop
