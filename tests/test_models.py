@@ -299,3 +299,25 @@ def test_head_on_encoder():
     head = ProjectionHead(enc.num_features)
     outs = head(enc(torch.randn(2, 3, 32, 32)))
     assert [o.shape for o in outs] == [(2, 128), (2, 128), (2, 128), (2, 128)]
+
+
+def test_a_conv_whose_taps_see_only_padding_runs_in_float32_under_cpu_autocast():
+    """1x1 maps under a 3x3 (the last stages of a small-image network): oneDNN's bf16 weight gradient now and
+    then left NaN in the taps that see only padding, so ConvBnAct runs such a convolution in float32; its
+    outer taps then get exactly the zero gradient they have. Maps of 2x2 and up keep bf16."""
+    from simclrv2.models.resnet import ConvBnAct
+
+    block = ConvBnAct(8, 8, 3)
+    for side, dtype in ((1, torch.float32), (2, torch.bfloat16)):
+        x = torch.randn(4, 8, side, side)
+        block.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = block(x)
+        assert out.dtype == dtype
+        out.float().sum().backward()
+        grad = block[0].weight.grad
+        assert torch.isfinite(grad).all()
+        if side == 1:
+            outer = grad.clone()
+            outer[:, :, 1, 1] = 0
+            assert torch.equal(outer, torch.zeros_like(outer))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -52,6 +53,21 @@ class ConvBnAct(nn.Sequential):
     @property
     def bn(self) -> nn.BatchNorm2d:
         return self[1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        conv = self[0]
+        only_padding = min(x.shape[-2:]) <= conv.kernel_size[0] // 2  # some taps never see the map
+        if only_padding and x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # Some kernel taps see only padding (a 1x1 map under a 3x3 at the end of a small-image network):
+            # oneDNN's bf16 weight gradient now and then returned NaN for those taps instead of 0 (torch 2.14,
+            # AMX CPU; about one run in three of tests/test_benchmarks.py's semisup run with one thread), so
+            # such convolutions run in float32.
+            with torch.autocast("cpu", enabled=False):
+                x = conv(x.float())
+            for layer in list(self)[1:]:
+                x = layer(x)
+            return x
+        return super().forward(x)
 
 
 class MaxPoolSame(nn.Module):
